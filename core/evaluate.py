@@ -1,0 +1,38 @@
+"""Clean and PGD evaluation of a model on (transformed) test images, in eval mode."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from core.attacks import evaluating, pgd
+
+InputTransform = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (uint8 images, labels) -> [0,1]-ish
+
+
+def clean_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, transform: InputTransform,
+                   batch_size: int = 512) -> float:
+    """Fraction of images classified correctly (a true per-sample mean, not a mean of batch means)."""
+    correct = torch.zeros((), device=labels.device)
+    with evaluating(model), torch.no_grad():
+        for start in range(0, len(labels), batch_size):
+            x, y = images[start:start + batch_size], labels[start:start + batch_size]
+            correct += (model(transform(x, y)).argmax(1) == y).sum()
+    return float(correct) / max(1, len(labels))
+
+
+def robust_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, transform: InputTransform,
+                    epsilon: float, alpha: float, steps: int, restarts: int, batch_size: int = 512,
+                    generator: torch.Generator | None = None) -> float:
+    """PGD-``steps``-``restarts`` accuracy; a sample counts as broken when any restart breaks it."""
+    correct = torch.zeros((), device=labels.device)
+    with evaluating(model):
+        for start in range(0, len(labels), batch_size):
+            y = labels[start:start + batch_size]
+            x = transform(images[start:start + batch_size], y)
+            delta = pgd(model, x, y, epsilon, alpha, steps, restarts, select="strongest", generator=generator)
+            with torch.no_grad():
+                correct += (model(x + delta).argmax(1) == y).sum()
+    return float(correct) / max(1, len(labels))

@@ -1,0 +1,117 @@
+"""Models with normalisation (and the paper's optional DCT filter) inside, so attacks act in [0, 1] space."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from core.interventions import block_mask, dct_matrix
+
+
+class Normalize(nn.Module):
+    """(x - mean) / std per channel; the first layer of every model."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+class DCTFilter(nn.Module):
+    """Square DCT block filter as a layer: the network only ever sees the kept band (paper-notes §3.6).
+
+    Built from two fixed matrices, so it is one pair of batched matmuls and differentiable: an attack
+    on the unfiltered input has its perturbation filtered too, as in the paper's wiring.
+    """
+
+    def __init__(self, height: int, width: int, bandwidth: int, corner: str) -> None:
+        super().__init__()
+        self.register_buffer("rows", dct_matrix(height))
+        self.register_buffer("cols", dct_matrix(width))
+        self.register_buffer("mask", block_mask(height, width, bandwidth, corner))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        coefficients = self.rows @ x @ self.cols.T
+        return self.rows.T @ (coefficients * self.mask) @ self.cols
+
+
+class PreActBlock(nn.Module):
+    """Pre-activation basic block (He et al. 2016): BN-ReLU-conv twice, shortcut from the first BN-ReLU."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int) -> None:
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_planes)
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
+        self.shortcut = None
+        if stride != 1 or in_planes != planes:
+            self.shortcut = nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(x))
+        shortcut = self.shortcut(out) if self.shortcut is not None else x
+        out = self.conv1(out)
+        out = self.conv2(F.relu(self.bn2(out)))
+        return out + shortcut
+
+
+class PreActResNet18(nn.Module):
+    """PreActResNet18 of the paper: stem conv, 4 stages x 2 blocks (width, 2w, 4w, 8w), BN-ReLU-pool-linear.
+
+    ``width`` = 64 is the paper's network; the global average pool equals avg_pool(4) on 32x32 inputs.
+    """
+
+    def __init__(self, num_classes: int = 10, width: int = 64, in_channels: int = 3) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, width, 3, stride=1, padding=1, bias=False)
+        stages, in_planes = [], width
+        for multiplier, stride in ((1, 1), (2, 2), (4, 2), (8, 2)):
+            planes = width * multiplier
+            stages += [PreActBlock(in_planes, planes, stride), PreActBlock(planes, planes, 1)]
+            in_planes = planes
+        self.layers = nn.Sequential(*stages)
+        self.bn = nn.BatchNorm2d(in_planes)
+        self.linear = nn.Linear(in_planes, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn(self.layers(self.conv1(x))))
+        return self.linear(torch.flatten(F.adaptive_avg_pool2d(out, 1), 1))
+
+
+class SmallCNN(nn.Module):
+    """A small CNN for 28x28 grey images (MNIST-style): two conv-pool stages and two linear layers."""
+
+    def __init__(self, num_classes: int = 10, width: int = 32, in_channels: int = 1) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        )
+        self.head = nn.Sequential(nn.Flatten(), nn.LazyLinear(8 * width), nn.ReLU(), nn.Linear(8 * width, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def build_model(arch: str, width: int, num_classes: int, in_channels: int, image_size: tuple[int, int],
+                mean: Sequence[float], std: Sequence[float], spectral: tuple[int, str] | None = None) -> nn.Module:
+    """Normalize -> [DCT filter] -> network. ``spectral`` = (bandwidth, 'low' | 'high') or None."""
+    if arch == "preact_resnet18":
+        net: nn.Module = PreActResNet18(num_classes, width, in_channels)
+    elif arch == "small_cnn":
+        net = SmallCNN(num_classes, width, in_channels)
+        with torch.no_grad():  # materialise the lazy layer so the parameter list is fixed before SGD
+            net(torch.zeros(1, in_channels, *image_size))
+    else:
+        raise ValueError(f"unknown arch {arch!r}")
+    layers: list[nn.Module] = [Normalize(mean, std)]
+    if spectral is not None:
+        layers.append(DCTFilter(*image_size, *spectral))
+    return nn.Sequential(*layers, net)

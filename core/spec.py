@@ -1,0 +1,144 @@
+"""The job spec: one frozen, closed, bounded pydantic model shared by API, worker and core.
+
+Units: ``epsilon``, ``alpha``, ``beta``, ``noise_magnitude`` and ``step_size`` are in /255 of the
+[0, 1] pixel range (8 means 8/255), like the paper's configs. Defaults are the paper's
+(``shared/reference/paper-notes.md`` §2-§5). This module imports pydantic only, so the API can use it
+without importing torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+DatasetName = Literal["cifar10", "cifar100", "svhn", "mnist", "fashion_mnist", "imagefolder", "synthetic"]
+InterventionKind = Literal["none", "inject", "inject_orthogonal", "low_pass", "high_pass"]
+Method = Literal["standard", "fgsm", "rs_fgsm", "n_fgsm", "grad_align", "pgd"]
+
+Per255 = Annotated[float, Field(ge=0.0, le=255.0)]  # a pixel-scale quantity in /255 units
+Subset = Annotated[int, Field(ge=1, le=10_000_000)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+class DatasetSpec(_Section):
+    name: DatasetName = "cifar10"
+    path: str | None = Field(None, min_length=1, max_length=255)  # imagefolder only, relative to data root
+    train_subset: Subset | None = None  # stratified, seeded; None = all training images
+    test_subset: Subset | None = None  # stratified, seeded; None = all test images
+    augment: bool = False  # random crop (pad 4) + horizontal flip, on device; paper: off for injected runs
+    # synthetic data only: a seeded, learnable class-wise pattern task for tests and demos
+    synthetic_train_size: int = Field(2048, ge=10, le=200_000)
+    synthetic_test_size: int = Field(512, ge=10, le=100_000)
+    synthetic_image_size: int = Field(32, ge=8, le=64)
+    synthetic_channels: Literal[1, 3] = 3
+    synthetic_classes: int = Field(10, ge=2, le=100)
+
+    @model_validator(mode="after")
+    def _path_only_for_imagefolder(self) -> DatasetSpec:
+        if self.name == "imagefolder" and self.path is None:
+            raise ValueError("dataset.path is required when dataset.name is 'imagefolder'")
+        if self.name != "imagefolder" and self.path is not None:
+            raise ValueError("dataset.path is only used when dataset.name is 'imagefolder'")
+        if self.path is not None and (self.path.startswith(("/", "\\")) or ".." in self.path.split("/")):
+            raise ValueError("dataset.path must be relative to the data root, without '..'")
+        return self
+
+
+class InterventionSpec(_Section):
+    kind: InterventionKind = "none"
+    beta: Per255 = 8.0  # carrier strength for inject kinds, /255 (paper config: 8)
+    bandwidth: int = Field(16, ge=1, le=512)  # side of the kept DCT block for filters (paper: 16)
+
+
+class ModelSpec(_Section):
+    arch: Literal["preact_resnet18", "small_cnn"] = "preact_resnet18"
+    width: int = Field(64, ge=4, le=512)  # PreActResNet18 base width; 64 = the paper's
+
+
+class TrainingSpec(_Section):
+    method: Method = "fgsm"
+    epsilon: Per255 = 8.0  # L-inf radius, /255
+    alpha: Per255 | None = None  # step size, /255; None = method default (see resolved())
+    pgd_steps: int = Field(10, ge=1, le=100)  # pgd method only
+    noise_magnitude: Per255 | None = None  # rs_fgsm / n_fgsm init noise half-width, /255; None = default
+    grad_align_lambda: float = Field(0.2, ge=0.0, le=100.0)  # paper config: 0.2 (right for eps=8)
+    grad_align_at: Literal["clean", "adversarial"] = "clean"  # where g1 is taken; see README
+    epochs: int = Field(30, ge=1, le=1000)
+    batch_size: int = Field(128, ge=1, le=8192)
+    lr_max: float = Field(0.2, gt=0.0, le=10.0)
+    lr_schedule: Literal["cyclic", "multistep"] = "cyclic"
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)  # cyclic schedule cycles it down to momentum - 0.1
+    weight_decay: float = Field(5e-4, ge=0.0, le=1.0)
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16 = autocast forward passes, fp32 weights/optimizer
+    channels_last: bool = True  # memory format of activations; numerically the same algorithm
+    log_every: int = Field(20, ge=1, le=100_000)  # steps between logged training metrics
+
+    def default_alpha(self) -> float:
+        """Step size in /255 for this method, as in the paper's scripts (paper-notes §4)."""
+        return {
+            "standard": 0.0,
+            "fgsm": self.epsilon,
+            "rs_fgsm": 1.25 * self.epsilon,  # Wong et al.
+            "n_fgsm": self.epsilon,
+            "grad_align": self.epsilon,
+            "pgd": 2.0,
+        }[self.method]
+
+    def default_noise(self) -> float:
+        """Init noise half-width in /255: RS-FGSM uses eps (Wong), N-FGSM 2*eps (k=2)."""
+        return {"rs_fgsm": self.epsilon, "n_fgsm": 2.0 * self.epsilon}.get(self.method, 0.0)
+
+
+class EvaluationSpec(_Section):
+    pgd_steps: int = Field(50, ge=1, le=1000)
+    restarts: int = Field(10, ge=1, le=100)
+    step_size: Per255 = 2.0  # /255
+    test_subset: Subset | None = None  # images attacked by the final PGD; None = whole test set
+    batch_size: int = Field(512, ge=1, le=8192)
+
+
+class JobSpec(_Section):
+    version: Literal[1] = 1
+    seed: int = Field(42, ge=0, le=2**31 - 1)  # paper: 42
+    dataset: DatasetSpec = DatasetSpec()
+    intervention: InterventionSpec = InterventionSpec()
+    model: ModelSpec = ModelSpec()
+    training: TrainingSpec = TrainingSpec()
+    evaluation: EvaluationSpec = EvaluationSpec()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> JobSpec:
+        if self.training.method == "standard" and self.training.alpha not in (None, 0.0):
+            raise ValueError("training.alpha has no meaning for method 'standard'")
+        return self
+
+    def resolved(self) -> JobSpec:
+        """The same spec with method-dependent defaults filled in (alpha, noise_magnitude)."""
+        t = self.training
+        training = t.model_copy(
+            update={
+                "alpha": t.default_alpha() if t.alpha is None else t.alpha,
+                "noise_magnitude": t.default_noise() if t.noise_magnitude is None else t.noise_magnitude,
+            }
+        )
+        return self.model_copy(update={"training": training})
+
+    def sha256(self) -> str:
+        """Stable digest of the resolved spec, stored in checkpoints to refuse a resume with another spec."""
+        blob = json.dumps(self.resolved().model_dump(mode="json"), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()
+
+
+def load_spec_file(path: str) -> JobSpec:
+    """Read a YAML or JSON spec file (YAML is a superset of JSON)."""
+    import yaml
+
+    with open(path, encoding="utf-8") as handle:
+        data = yaml.safe_load(handle)
+    return JobSpec.model_validate(data if data is not None else {})

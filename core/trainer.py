@@ -1,0 +1,328 @@
+"""The adversarial-training engine: ``train(spec, out_dir, device, ...)`` writes a run folder.
+
+Output: ``metrics.jsonl`` (one JSON object per logged step and per epoch), ``checkpoint.pt`` (every epoch
+and on cancel), ``report.json`` and ``curves.png``. Nothing happens at import time; the caller passes the
+device and two callbacks: ``on_event(dict)`` for progress and ``should_stop() -> bool`` for cancelling.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from core import checkpoint
+from core.attacks import gradient_cosine, input_gradient, pgd, single_step, uniform_noise
+from core.data import Dataset, augment, epoch_order, load_dataset
+from core.errors import Cancelled, DivergedError, SpecError
+from core.evaluate import InputTransform, clean_accuracy, robust_accuracy
+from core.interventions import carrier_basis, carriers, inject, inject_orthogonal
+from core.models import build_model
+from core.schedule import lr_and_momentum
+from core.spec import JobSpec, TrainingSpec
+
+PER_255 = 1.0 / 255.0  # spec units -> [0, 1] pixel units
+EPOCH_TEST_IMAGES = 1000  # test images for the per-epoch clean accuracy (cheap, no attack)
+SUM_SLOTS = ("loss", "adv_correct", "clean_correct", "clean_seen", "seen")
+
+
+@dataclass
+class Callbacks:
+    """Hooks the worker and the CLI pass in; both default to doing nothing."""
+
+    on_event: Callable[[dict[str, Any]], None] = lambda event: None
+    should_stop: Callable[[], bool] = lambda: False
+
+
+@dataclass
+class TrainState:
+    """Everything a resume needs besides model and optimizer; plain data so it checkpoints safely."""
+
+    epoch: int = 0
+    batch: int = 0  # next batch index within ``epoch``
+    step: int = 0  # global optimizer steps taken
+    images_seen: int = 0
+    train_seconds: float = 0.0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Inputs: uint8 images -> [0, 1] floats -> intervention
+
+
+def input_transform(spec: JobSpec, data: Dataset, device: torch.device) -> InputTransform:
+    """The data intervention as a function of a uint8 batch and its labels (train and test alike)."""
+    kind, beta = spec.intervention.kind, spec.intervention.beta * PER_255
+    class_carriers = carriers(data.num_classes, data.image_shape).to(device)
+    basis = carrier_basis(class_carriers)
+
+    def transform(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        x = images.float().div_(255)
+        if kind == "inject":
+            return inject(x, labels, beta, class_carriers)
+        if kind == "inject_orthogonal":
+            return inject_orthogonal(x, labels, beta, class_carriers, basis)
+        return x  # low/high pass live inside the model, so the attack's delta is filtered too
+
+    return transform
+
+
+def spectral_layer(spec: JobSpec, data: Dataset) -> tuple[int, str] | None:
+    kind, bandwidth = spec.intervention.kind, spec.intervention.bandwidth
+    if kind not in ("low_pass", "high_pass"):
+        return None
+    side = min(data.image_shape[1:])
+    if bandwidth > side:
+        raise SpecError(f"intervention.bandwidth {bandwidth} is larger than the image side {side}")
+    return bandwidth, "low" if kind == "low_pass" else "high"
+
+
+# ---------------------------------------------------------------------------------------------------
+# One training step per method
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+               t: TrainingSpec, generator: torch.Generator | None) -> torch.Tensor:
+    """One optimizer step of ``t.method``; returns the SUM_SLOTS sums of this batch as one tensor.
+
+    Nothing here synchronises with the device: the sums stay tensors until the trainer logs them.
+    """
+    eps, alpha, noise = t.epsilon * PER_255, (t.alpha or 0.0) * PER_255, (t.noise_magnitude or 0.0) * PER_255
+    clean_logits = None
+    regulariser = None
+    if t.method == "standard":
+        x_train = x
+    elif t.method == "pgd":
+        x_train = x + pgd(model, x, y, eps, alpha, t.pgd_steps, select="last", generator=generator)
+    else:
+        attack = single_step(model, x, y, eps, alpha, noise, project=t.method != "n_fgsm", generator=generator)
+        x_train = x + attack.delta
+        if noise == 0.0:  # the attack's first forward was on the clean batch: clean accuracy for free
+            clean_logits = attack.logits_at_init
+        if t.method == "grad_align":
+            regulariser = _grad_align_term(model, x, y, x_train, attack.grad_at_init, eps, t, generator)
+
+    logits = model(x_train)
+    loss = F.cross_entropy(logits.float(), y)
+    total = loss if regulariser is None else loss + regulariser
+    optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    optimizer.step()
+
+    if t.method == "standard":
+        clean_logits = logits
+    batch = torch.tensor(float(len(y)), device=y.device)
+    adv_correct = (logits.argmax(1) == y).sum().float()
+    if clean_logits is None:
+        clean_correct, clean_seen = torch.zeros_like(batch), torch.zeros_like(batch)
+    else:
+        clean_correct, clean_seen = (clean_logits.argmax(1) == y).sum().float(), batch
+    return torch.stack([total.detach().float() * batch, adv_correct, clean_correct, clean_seen, batch])
+
+
+def _grad_align_term(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor,
+                     grad_clean: torch.Tensor, eps: float, t: TrainingSpec,
+                     generator: torch.Generator | None) -> torch.Tensor:
+    """lambda * (1 - cos(g1, g2)), g2 at x + eta (eta ~ U(-eps, eps), not box-clipped, double backprop).
+
+    g1 is the clean-point gradient (Andriushchenko & Flammarion; free from the FGSM attack) or, with
+    ``grad_align_at: adversarial``, the gradient at the FGSM point as in the paper's released code.
+    """
+    g1 = grad_clean if t.grad_align_at == "clean" else input_gradient(model, x_adv, y)
+    g2 = input_gradient(model, x + uniform_noise(x, eps, generator), y, create_graph=True)
+    return t.grad_align_lambda * (1.0 - gradient_cosine(g1.detach(), g2))
+
+
+# ---------------------------------------------------------------------------------------------------
+# The run
+
+
+def select_device(name: str = "auto") -> torch.device:
+    """'auto' picks CUDA when present, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
+    """bf16 autocast for forward passes when asked for; weights, optimizer and losses stay fp32."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def train(spec: JobSpec, out_dir: str | Path, device: torch.device | str = "cpu",
+          data_root: str | Path | None = None, callbacks: Callbacks | None = None,
+          resume: bool = False) -> dict[str, Any]:
+    """Train and evaluate ``spec``; write the run folder; return the report.
+
+    Raises ``Cancelled`` (after writing a checkpoint) when ``should_stop`` says so, ``DivergedError`` on
+    a non-finite loss, and ``SpecError`` / ``DatasetNotFound`` / ``CheckpointError`` on bad input.
+    """
+    spec, out, device = spec.resolved(), Path(out_dir), torch.device(device)
+    callbacks = callbacks or Callbacks()
+    t = spec.training
+    out.mkdir(parents=True, exist_ok=True)
+    if device.type == "cpu":
+        torch.use_deterministic_algorithms(True, warn_only=True)  # same numbers every run on a CPU
+    else:
+        torch.backends.cudnn.benchmark = True
+
+    data = load_dataset(spec.dataset, data_root, spec.seed).to(device)
+    transform = input_transform(spec, data, device)
+    torch.manual_seed(spec.seed)
+    model = build_model(spec.model.arch, spec.model.width, data.num_classes, data.image_shape[0],
+                        data.image_shape[1:], data.mean, data.std, spectral_layer(spec, data)).to(device)
+    memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0, momentum=t.momentum, weight_decay=t.weight_decay)
+    generator = torch.Generator(device).manual_seed(spec.seed)
+
+    steps_per_epoch = math.ceil(len(data.train) / t.batch_size)  # no drop_last, as the paper
+    total_steps = steps_per_epoch * t.epochs
+    state, sums = TrainState(), torch.zeros(2, len(SUM_SLOTS), dtype=torch.float64, device=device)
+    ckpt_path = out / "checkpoint.pt"
+    if resume:
+        saved = checkpoint.load(ckpt_path, device, spec.sha256())
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        generator.set_state(saved["rng"]["generator"].cpu())
+        torch.set_rng_state(saved["rng"]["torch"].cpu())
+        sums = saved["sums"].to(device)
+        state = TrainState(saved["epoch"], saved["batch"], saved["step"], saved["images_seen"],
+                           saved["train_seconds"], list(saved["history"]))
+    metrics_file = _MetricsFile(out / "metrics.jsonl", state.history)
+
+    def save() -> None:
+        checkpoint.save_atomic({
+            "spec_sha256": spec.sha256(), "epoch": state.epoch, "batch": state.batch, "step": state.step,
+            "images_seen": state.images_seen, "train_seconds": state.train_seconds, "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(), "sums": sums.cpu(), "history": state.history,
+            "rng": {"generator": generator.get_state(), "torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else []},
+        }, ckpt_path)
+
+    callbacks.on_event({"type": "started", "total_steps": total_steps, "steps_per_epoch": steps_per_epoch,
+                        "step": state.step, "epoch": state.epoch})
+    # ---- Training ------------------------------------------------------------------------------
+    while state.epoch < t.epochs:
+        order = epoch_order(len(data.train), spec.seed, state.epoch).to(device)
+        started = time.perf_counter()
+        model.train()
+        while state.batch < steps_per_epoch:
+            if callbacks.should_stop():
+                state.train_seconds += time.perf_counter() - started
+                save()
+                raise Cancelled(f"cancelled at step {state.step}; checkpoint written")
+            index = order[state.batch * t.batch_size:(state.batch + 1) * t.batch_size]
+            y = data.train.labels[index]
+            images = data.train.images[index]
+            if spec.dataset.augment:
+                images = augment(images.float(), generator).round_().to(torch.uint8)
+            x = transform(images, y).contiguous(memory_format=memory_format)
+            lr, momentum = lr_and_momentum(t.lr_schedule, state.step, total_steps, t.lr_max, t.momentum)
+            for group in optimizer.param_groups:
+                group["lr"], group["momentum"] = lr, momentum
+            with autocast(device, t.precision):
+                batch_sums = train_step(model, optimizer, x, y, t, generator)
+            sums += batch_sums
+            state.step += 1
+            state.batch += 1
+            state.images_seen += len(y)
+            if state.step % t.log_every == 0:
+                row = _rates(sums[1], kind="train", epoch=state.epoch, step=state.step, lr=lr, momentum=momentum)
+                sums[1].zero_()
+                _check_finite(row)
+                metrics_file.append(row)
+                callbacks.on_event({"type": "metrics", **row})
+            callbacks.on_event({"type": "progress", "epoch": state.epoch, "step": state.step,
+                                "total_steps": total_steps})
+        state.train_seconds += time.perf_counter() - started
+        with autocast(device, t.precision):
+            test_clean = clean_accuracy(model, data.test.images[:EPOCH_TEST_IMAGES],
+                                        data.test.labels[:EPOCH_TEST_IMAGES], transform, t.batch_size)
+        row = _rates(sums[0], kind="epoch", epoch=state.epoch, step=state.step, test_clean_accuracy=test_clean)
+        _check_finite(row)
+        sums.zero_()
+        state.epoch, state.batch = state.epoch + 1, 0
+        metrics_file.append(row)
+        save()
+        callbacks.on_event({"type": "epoch", **row})
+
+    # ---- Final evaluation ----------------------------------------------------------------------
+    report = _final_report(spec, model, data, transform, device, state, generator)
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    from core.report import plot_curves
+
+    plot_curves(state.history, out / "curves.png")
+    callbacks.on_event({"type": "finished", "final": report["final"]})
+    return report
+
+
+def _rates(sums: torch.Tensor, **fields: Any) -> dict[str, Any]:
+    """Turn one row of SUM_SLOTS sums into a metrics row (this is where the trainer synchronises)."""
+    loss, adv_correct, clean_correct, clean_seen, seen = sums.tolist()
+    seen = max(seen, 1.0)
+    return {**fields, "train_loss": loss / seen, "train_adv_accuracy": adv_correct / seen,
+            "train_clean_accuracy": clean_correct / clean_seen if clean_seen else None}
+
+
+def _check_finite(row: dict[str, Any]) -> None:
+    if not math.isfinite(row["train_loss"]):
+        raise DivergedError(f"training loss became {row['train_loss']} by step {row['step']}")
+
+
+class _MetricsFile:
+    """metrics.jsonl kept equal to the in-memory history (rewritten on resume, appended otherwise)."""
+
+    def __init__(self, path: Path, history: list[dict[str, Any]]) -> None:
+        self.path, self.history = path, history
+        path.write_text("".join(json.dumps(row) + "\n" for row in history))
+
+    def append(self, row: dict[str, Any]) -> None:
+        self.history.append(row)
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(row) + "\n")
+
+
+def _final_report(spec: JobSpec, model: nn.Module, data: Dataset, transform: InputTransform,
+                  device: torch.device, state: TrainState, generator: torch.Generator) -> dict[str, Any]:
+    e, t = spec.evaluation, spec.training
+    count = len(data.test) if e.test_subset is None else min(e.test_subset, len(data.test))
+    started = time.perf_counter()
+    with autocast(device, t.precision):
+        clean = clean_accuracy(model, data.test.images, data.test.labels, transform, e.batch_size)
+        robust = robust_accuracy(model, data.test.images[:count], data.test.labels[:count], transform,
+                                 t.epsilon * PER_255, e.step_size * PER_255, e.pgd_steps, e.restarts,
+                                 e.batch_size, generator)
+    eval_seconds = time.perf_counter() - started
+    return {
+        "spec": spec.model_dump(mode="json"),
+        "final": {
+            "clean_accuracy": clean,
+            "robust_accuracy": robust,
+            "attack": {"name": "pgd", "norm": "Linf", "epsilon": t.epsilon, "step_size": e.step_size,
+                       "steps": e.pgd_steps, "restarts": e.restarts, "test_images": count,
+                       "units": "/255", "broken_if": "any restart misclassifies"},
+            "clean_test_images": len(data.test),
+        },
+        "timing": {"train_seconds": state.train_seconds,
+                   "train_images_per_second": state.images_seen / max(state.train_seconds, 1e-9),
+                   "eval_seconds": eval_seconds},
+        "environment": {"torch": torch.__version__, "device": str(device), "python": platform.python_version(),
+                        "threads": torch.get_num_threads(),
+                        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
+                        else platform.processor() or platform.machine()},
+        "data": {"train_images": len(data.train), "test_images": len(data.test), "num_classes": data.num_classes,
+                 "image_shape": list(data.image_shape), "mean": list(data.mean), "std": list(data.std)},
+        "co": None,
+    }
+

@@ -1,0 +1,103 @@
+"""The ``coscope`` command. Sub-commands import what they need lazily, so ``--help`` stays fast."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="coscope", description="Adversarial training with CO onset reports.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train and evaluate a job spec locally")
+    train.add_argument("spec", help="job spec file (YAML or JSON)")
+    train.add_argument("--out", required=True, help="run folder to write")
+    train.add_argument("--data-root", default=None, help="dataset root (default: $COSCOPE_DATA_ROOT or ./data)")
+    train.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    train.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    validate = commands.add_parser("validate", help="check a job spec and print it with defaults resolved")
+    validate.add_argument("spec")
+
+    args = parser.parse_args(argv)
+    if args.command == "train":
+        return _train(args)
+    return _validate(args)
+
+
+def _load_spec(path: str) -> Any:
+    """Load a spec or exit 2 with one line per invalid field (never a traceback)."""
+    from pydantic import ValidationError
+
+    from core.spec import load_spec_file
+
+    try:
+        return load_spec_file(path)
+    except OSError as error:
+        sys.stderr.write(f"coscope: cannot read {path}: {error.strerror}\n")
+    except ValidationError as error:
+        sys.stderr.write(f"coscope: invalid spec {path}:\n")
+        for problem in error.errors():
+            where = ".".join(str(part) for part in problem["loc"]) or "(top level)"
+            sys.stderr.write(f"  {where}: {problem['msg']}\n")
+    except Exception as error:  # YAML syntax errors and the like
+        sys.stderr.write(f"coscope: cannot parse {path}: {error}\n")
+    raise SystemExit(2)
+
+
+def _validate(args: argparse.Namespace) -> int:
+    spec = _load_spec(args.spec)
+    sys.stdout.write(json.dumps(spec.resolved().model_dump(mode="json"), indent=2) + "\n")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    spec = _load_spec(args.spec)
+    from tqdm import tqdm
+
+    from core.errors import Cancelled, JobError
+    from core.trainer import Callbacks, select_device, train
+
+    bar = tqdm(total=0, unit="step", disable=args.quiet, dynamic_ncols=True)
+
+    def on_event(event: dict[str, Any]) -> None:
+        if event["type"] == "started":
+            bar.reset(total=event["total_steps"])
+            bar.update(event["step"])
+        elif event["type"] == "progress":
+            bar.update(1)
+        elif event["type"] == "metrics":
+            bar.set_postfix(epoch=event["epoch"], loss=f"{event['train_loss']:.3f}",
+                            adv_acc=f"{event['train_adv_accuracy']:.3f}", lr=f"{event['lr']:.3f}")
+        elif event["type"] == "epoch":
+            bar.write(f"epoch {event['epoch'] + 1}: train loss {event['train_loss']:.4f}, "
+                      f"attacked acc {event['train_adv_accuracy']:.4f}, "
+                      f"test clean acc {event['test_clean_accuracy']:.4f}")
+
+    try:
+        report = train(spec, args.out, select_device(args.device), args.data_root,
+                       Callbacks(on_event=on_event), resume=args.resume)
+    except KeyboardInterrupt:
+        bar.close()
+        sys.stderr.write("coscope: interrupted\n")
+        return 130
+    except (Cancelled, JobError) as error:
+        bar.close()
+        sys.stderr.write(f"coscope: {type(error).__name__}: {error}\n")
+        return 1
+    bar.close()
+    final = report["final"]
+    sys.stdout.write(
+        f"clean accuracy {final['clean_accuracy']:.4f}, robust accuracy {final['robust_accuracy']:.4f} "
+        f"(PGD-{final['attack']['steps']}-{final['attack']['restarts']}, eps {final['attack']['epsilon']}/255, "
+        f"{final['attack']['test_images']} images)\nwrote {args.out}/report.json\n"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
