@@ -103,6 +103,30 @@ class EvaluationSpec(_Section):
     batch_size: int = Field(512, ge=1, le=8192)
 
 
+class MonitorSpec(_Section):
+    """Catastrophic-overfitting monitor: what is measured, how often, and the onset rule (core/co.py).
+
+    Accuracy thresholds are fractions of the monitor set (0.20 = 20 percentage points), not /255.
+    Defaults follow shared/reference/co-detection.md §2.3 (GradAlign cadence and PGD, Wong's 20 pp drop).
+    """
+
+    every_steps: int = Field(200, ge=1, le=10_000_000)  # optimizer steps between checks, plus every epoch end
+    train_images: int = Field(512, ge=1, le=100_000)  # fixed, seeded training subset, no augmentation
+    test_images: int = Field(0, ge=0, le=100_000)  # optional fixed test subset; 0 = none
+    pgd_steps: int = Field(10, ge=1, le=1000)  # monitor PGD-k, 1 restart
+    pgd_step_fraction: float = Field(0.25, gt=0.0, le=2.5)  # monitor PGD step = fraction x epsilon
+    wong_drop: float = Field(0.20, gt=0.0, le=1.0)  # R1: PGD acc drop between consecutive checks; 1 = off
+    max_drop: float = Field(0.20, gt=0.0, le=1.0)  # R2: PGD acc below running max minus this; 1 = off
+    min_gap: float = Field(0.30, ge=0.0, le=1.0)  # R2: and FGSM acc - PGD acc above this
+    relative_fraction: float = Field(0.5, ge=0.0, le=1.0)  # R3: PGD acc below this x running max; 0 = off
+    min_peak: float = Field(0.02, ge=0.0, le=1.0)  # R3 applies only once the running max PGD acc >= this
+    confirm: bool = True  # the firing rule's PGD level must still be crossed at the next check
+    curvature_every_epochs: int = Field(0, ge=0, le=1000)  # top input-Hessian eigenvalue cadence; 0 = off
+    curvature_iterations: int = Field(20, ge=1, le=1000)  # power-iteration steps
+    curvature_subspace: Literal["full", "carrier", "complement"] = "full"  # span(V), span(V)-perp or all
+    co_policy: Literal["report", "stop", "continue"] = "report"  # what the trainer does at a confirmed onset
+
+
 class JobSpec(_Section):
     version: Literal[1] = 1
     seed: int = Field(42, ge=0, le=2**31 - 1)  # paper: 42
@@ -111,6 +135,7 @@ class JobSpec(_Section):
     model: ModelSpec = ModelSpec()
     training: TrainingSpec = TrainingSpec()
     evaluation: EvaluationSpec = EvaluationSpec()
+    monitor: MonitorSpec = MonitorSpec()
 
     @model_validator(mode="after")
     def _consistent(self) -> JobSpec:

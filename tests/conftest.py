@@ -1,0 +1,27 @@
+"""Shared fixtures: tiny specs that train in seconds on a CPU."""
+
+from __future__ import annotations
+
+import pytest
+
+from core.spec import JobSpec
+
+
+def tiny_spec(**sections: dict) -> JobSpec:
+    """A synthetic-data spec that trains in a couple of seconds; sections override defaults."""
+    base = {
+        "seed": 0,
+        "dataset": {"name": "synthetic", "synthetic_train_size": 96, "synthetic_test_size": 48,
+                    "synthetic_image_size": 16},
+        "model": {"arch": "preact_resnet18", "width": 4},
+        "training": {"method": "fgsm", "epsilon": 8, "epochs": 2, "batch_size": 32, "log_every": 1},
+        "evaluation": {"pgd_steps": 3, "restarts": 2, "test_subset": 32, "batch_size": 32},
+    }
+    for name, values in sections.items():
+        base[name] = {**base.get(name, {}), **values} if isinstance(values, dict) else values
+    return JobSpec.model_validate(base)
+
+
+@pytest.fixture
+def spec() -> JobSpec:
+    return tiny_spec()

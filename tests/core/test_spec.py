@@ -1,0 +1,82 @@
+import math
+
+import pytest
+from pydantic import ValidationError
+
+from core.spec import JobSpec, load_spec_file
+
+
+def _locs(error: ValidationError) -> list[tuple]:
+    return [tuple(problem["loc"]) for problem in error.errors()]
+
+
+def test_defaults_are_the_paper_configs():
+    spec = JobSpec().resolved()
+    t = spec.training
+    assert (spec.seed, spec.dataset.name, spec.dataset.augment) == (42, "cifar10", False)
+    assert (spec.model.arch, spec.model.width) == ("preact_resnet18", 64)
+    assert (t.method, t.epsilon, t.alpha, t.epochs, t.batch_size) == ("fgsm", 8.0, 8.0, 30, 128)
+    assert (t.lr_max, t.lr_schedule, t.momentum, t.weight_decay) == (0.2, "cyclic", 0.9, 5e-4)
+    assert (spec.intervention.beta, spec.intervention.bandwidth) == (8.0, 16)
+    e = spec.evaluation
+    assert (e.pgd_steps, e.restarts, e.step_size) == (50, 10, 2.0)
+
+
+@pytest.mark.parametrize(("method", "alpha", "noise"), [
+    ("fgsm", 6.0, 0.0), ("rs_fgsm", 7.5, 6.0), ("n_fgsm", 6.0, 12.0), ("grad_align", 6.0, 0.0), ("pgd", 2.0, 0.0),
+])
+def test_resolved_fills_method_defaults(method, alpha, noise):
+    t = JobSpec(training={"method": method, "epsilon": 6}).resolved().training
+    assert (t.alpha, t.noise_magnitude) == (alpha, noise)
+
+
+def test_resolved_keeps_explicit_alpha():
+    assert JobSpec(training={"alpha": 3}).resolved().training.alpha == 3.0
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf, -1.0, 256.0])
+def test_epsilon_out_of_bounds_names_the_field(value):
+    with pytest.raises(ValidationError) as caught:
+        JobSpec(training={"epsilon": value})
+    assert ("training", "epsilon") in _locs(caught.value)
+
+
+def test_unknown_field_is_rejected_with_its_location():
+    with pytest.raises(ValidationError) as caught:
+        JobSpec.model_validate({"training": {"epsilonn": 8}})
+    assert ("training", "epsilonn") in _locs(caught.value)
+
+
+def test_unknown_method_is_rejected():
+    with pytest.raises(ValidationError) as caught:
+        JobSpec.model_validate({"training": {"method": "free"}})
+    assert ("training", "method") in _locs(caught.value)
+
+
+def test_spec_is_frozen():
+    spec = JobSpec()
+    with pytest.raises(ValidationError):
+        spec.seed = 1  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("path", ["/etc", "../secret", "a/../../b"])
+def test_imagefolder_path_must_stay_relative(path):
+    with pytest.raises(ValidationError, match="relative to the data root"):
+        JobSpec(dataset={"name": "imagefolder", "path": path})
+
+
+def test_imagefolder_requires_a_path():
+    with pytest.raises(ValidationError, match="dataset.path is required"):
+        JobSpec(dataset={"name": "imagefolder"})
+
+
+def test_sha256_changes_with_the_spec_and_not_with_spelled_out_defaults():
+    assert JobSpec().sha256() == JobSpec(training={"alpha": 8}).sha256()
+    assert JobSpec().sha256() != JobSpec(seed=1).sha256()
+
+
+def test_load_spec_file_reads_yaml(tmp_path):
+    path = tmp_path / "spec.yaml"
+    path.write_text("seed: 3\ntraining:\n  method: pgd\n  epsilon: 4\n")
+    spec = load_spec_file(str(path))
+    assert (spec.seed, spec.training.method, spec.training.epsilon) == (3, "pgd", 4.0)

@@ -1,0 +1,154 @@
+import json
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from core import checkpoint
+from core.errors import Cancelled, CheckpointError, DatasetNotFound, SpecError
+from core.trainer import Callbacks, train
+from tests.conftest import tiny_spec
+
+
+def _rows(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_train_writes_the_run_folder(tmp_path, spec):
+    events = []
+    report = train(spec, tmp_path, callbacks=Callbacks(on_event=events.append))
+    for name in ("report.json", "metrics.jsonl", "checkpoint.pt", "curves.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    stored = json.loads((tmp_path / "report.json").read_text())
+    assert stored == json.loads(json.dumps(report))
+    assert stored["spec"]["training"]["alpha"] == 8.0  # resolved, with defaults
+    assert 0.0 <= stored["final"]["clean_accuracy"] <= 1.0
+    assert 0.0 <= stored["final"]["robust_accuracy"] <= stored["final"]["clean_accuracy"] + 1e-9
+    assert set(stored["timing"]) == {"train_seconds", "train_images_per_second", "eval_seconds"}
+    assert stored["environment"]["torch"] == torch.__version__
+    rows = _rows(tmp_path)
+    assert [r["step"] for r in rows if r["kind"] == "train"] == [1, 2, 3, 4, 5, 6]  # 96/32 = 3 steps x 2 epochs
+    assert [r["epoch"] for r in rows if r["kind"] == "epoch"] == [0, 1]
+    assert [e["type"] for e in events][0] == "started" and events[-1]["type"] == "finished"
+    assert sum(e["type"] == "progress" for e in events) == 6
+
+
+def test_resume_after_cancel_matches_an_uninterrupted_run(tmp_path):
+    spec = tiny_spec(training={"method": "rs_fgsm"}, dataset={"augment": True})  # uses both random streams
+    whole = train(spec, tmp_path / "whole")
+
+    calls = {"n": 0}
+
+    def stop_at_step_four() -> bool:
+        calls["n"] += 1
+        return calls["n"] == 5  # checked before each step: stops mid-epoch 1, after 4 steps
+
+    with pytest.raises(Cancelled):
+        train(spec, tmp_path / "split", callbacks=Callbacks(should_stop=stop_at_step_four))
+    assert [r["step"] for r in _rows(tmp_path / "split")][-1] == 4
+    resumed = train(spec, tmp_path / "split", resume=True)
+
+    assert _rows(tmp_path / "split") == _rows(tmp_path / "whole")
+    assert resumed["final"] == whole["final"]
+
+
+def test_resume_refuses_a_checkpoint_of_another_spec(tmp_path, spec):
+    train(spec, tmp_path)
+    with pytest.raises(CheckpointError, match="another spec"):
+        train(tiny_spec(seed=1), tmp_path, resume=True)
+
+
+def test_checkpoint_loading_never_runs_pickled_code(tmp_path):
+    class Exploit:
+        def __reduce__(self):
+            return (open, (str(tmp_path / "pwned"), "w"))
+
+    path = tmp_path / "checkpoint.pt"
+    path.write_bytes(pickle.dumps({"schema_version": 1, "payload": Exploit()}))
+    with pytest.raises(CheckpointError):
+        checkpoint.load(path, "cpu")
+    assert not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.parametrize("training", [
+    {"method": "standard"}, {"method": "fgsm"}, {"method": "rs_fgsm"}, {"method": "n_fgsm"},
+    {"method": "grad_align"}, {"method": "grad_align", "grad_align_at": "adversarial"},
+    {"method": "pgd", "pgd_steps": 2}, {"method": "fgsm", "precision": "bf16"},
+    {"method": "fgsm", "channels_last": False, "lr_schedule": "multistep"},
+])
+def test_every_method_trains_with_finite_loss(tmp_path, training):
+    train(tiny_spec(training={**training, "epochs": 1}), tmp_path)
+    assert all(np.isfinite(r["train_loss"]) for r in _rows(tmp_path))
+
+
+@pytest.mark.parametrize("intervention", [
+    {"kind": "inject", "beta": 8}, {"kind": "inject_orthogonal", "beta": 4},
+    {"kind": "low_pass", "bandwidth": 8}, {"kind": "high_pass", "bandwidth": 8},
+])
+def test_every_intervention_trains(tmp_path, intervention):
+    report = train(tiny_spec(intervention=intervention, training={"epochs": 1}), tmp_path)
+    assert report["spec"]["intervention"]["kind"] == intervention["kind"]
+
+
+def test_strong_injected_carrier_is_learned_faster_than_the_images(tmp_path):
+    # beta = 64/255: the carrier alone identifies the class, so the same short run does far better
+    training = {"method": "standard", "epochs": 4}
+    plain = train(tiny_spec(training=training), tmp_path / "plain")
+    injected = train(tiny_spec(intervention={"kind": "inject", "beta": 64}, training=training), tmp_path / "inj")
+    assert injected["final"]["clean_accuracy"] >= 0.9
+    assert injected["final"]["clean_accuracy"] >= plain["final"]["clean_accuracy"] + 0.2
+
+
+def test_bandwidth_larger_than_the_image_is_a_spec_error(tmp_path):
+    with pytest.raises(SpecError, match="bandwidth 20 is larger than the image side 16"):
+        train(tiny_spec(intervention={"kind": "low_pass", "bandwidth": 20}), tmp_path)
+
+
+def test_missing_torchvision_dataset_names_the_expected_path(tmp_path):
+    spec = tiny_spec(dataset={"name": "cifar10"})
+    with pytest.raises(DatasetNotFound, match=str(tmp_path / "cifar-10-batches-py")):
+        train(spec, tmp_path / "run", data_root=tmp_path)
+
+
+def test_missing_image_folder_names_the_expected_path(tmp_path):
+    spec = tiny_spec(dataset={"name": "imagefolder", "path": "mine"})
+    with pytest.raises(DatasetNotFound, match=str(tmp_path / "mine" / "train")):
+        train(spec, tmp_path / "run", data_root=tmp_path)
+
+
+def _write_image_folder(root, per_class=12):
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for label, name in enumerate(["cat", "dog", "emu"]):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                pixels = np.clip(rng.normal(60 + 60 * label, 20, (16, 16, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i:03d}.png")
+
+
+def test_image_folder_is_decoded_cached_and_trained(tmp_path, monkeypatch):
+    monkeypatch.setenv("COSCOPE_CACHE_DIR", str(tmp_path / "cache"))
+    _write_image_folder(tmp_path / "data" / "shapes")
+    spec = tiny_spec(dataset={"name": "imagefolder", "path": "shapes"}, training={"epochs": 1, "batch_size": 12})
+    report = train(spec, tmp_path / "run", data_root=tmp_path / "data")
+    assert report["data"] == {**report["data"], "train_images": 36, "test_images": 36, "num_classes": 3,
+                              "image_shape": [3, 16, 16]}
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 2  # train and test decoded once
+    first = Image.open(tmp_path / "data" / "shapes" / "train" / "cat" / "000.png")
+    from core.data import load_dataset
+
+    cached = load_dataset(spec.dataset, tmp_path / "data", 0)
+    assert torch.equal(cached.train.images[0], torch.from_numpy(np.asarray(first)).permute(2, 0, 1))
+
+
+def test_image_folder_link_out_of_the_data_root_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("COSCOPE_CACHE_DIR", str(tmp_path / "cache"))
+    _write_image_folder(tmp_path / "outside")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "escape").symlink_to(tmp_path / "outside")
+    spec = tiny_spec(dataset={"name": "imagefolder", "path": "escape"})
+    with pytest.raises(SpecError, match="outside the data root"):
+        train(spec, tmp_path / "run", data_root=tmp_path / "data")

@@ -1,0 +1,55 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _coscope(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "coscope.cli", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_train_quickstart_writes_report(tmp_path):
+    result = _coscope("train", "examples/quickstart.yaml", "--out", str(tmp_path), "--quiet", "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["spec"]["dataset"]["name"] == "synthetic"
+    assert "robust accuracy" in result.stdout
+
+
+def test_invalid_spec_names_every_bad_field_without_traceback(tmp_path):
+    spec = tmp_path / "bad.yaml"
+    spec.write_text("training:\n  epsilon: .nan\n  methd: fgsm\nmodel:\n  width: 0\n")
+    result = _coscope("train", str(spec), "--out", str(tmp_path / "run"))
+    assert result.returncode == 2
+    assert "training.epsilon" in result.stderr
+    assert "training.methd" in result.stderr
+    assert "model.width" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_dataset_error_names_the_path(tmp_path):
+    spec = tmp_path / "cifar.yaml"
+    spec.write_text("dataset: {name: cifar10}\ntraining: {epochs: 1}\n")
+    result = _coscope("train", str(spec), "--out", str(tmp_path / "run"), "--data-root", str(tmp_path))
+    assert result.returncode == 1
+    assert str(tmp_path / "cifar-10-batches-py") in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_validate_prints_the_resolved_spec(tmp_path):
+    spec = tmp_path / "pgd.json"
+    spec.write_text('{"training": {"method": "pgd", "epsilon": 4}}')
+    result = _coscope("validate", str(spec))
+    assert result.returncode == 0
+    assert json.loads(result.stdout)["training"]["alpha"] == 2.0
+
+
+def test_every_example_is_a_valid_spec():
+    examples = sorted((ROOT / "examples").rglob("*.yaml"))
+    assert examples
+    for example in examples:
+        assert _coscope("validate", str(example)).returncode == 0, example
