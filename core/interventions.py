@@ -73,7 +73,7 @@ def carrier_basis(carriers: torch.Tensor, tolerance: float = 1e-6) -> torch.Tens
 
 def project_onto_carriers(x: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
     """P_V x for a batch x (N, C, H, W), given ``carrier_basis`` rows."""
-    flat = x.reshape(x.shape[0], -1)
+    flat = x.flatten(1)
     basis = basis.to(x.dtype)
     return ((flat @ basis.T) @ basis).reshape(x.shape)
 

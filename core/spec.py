@@ -110,6 +110,7 @@ class MonitorSpec(_Section):
     Defaults follow shared/reference/co-detection.md §2.3 (GradAlign cadence and PGD, Wong's 20 pp drop).
     """
 
+    enabled: bool = True  # off: no checks, no onset verdict (the benchmark's baseline)
     every_steps: int = Field(200, ge=1, le=10_000_000)  # optimizer steps between checks, plus every epoch end
     train_images: int = Field(512, ge=1, le=100_000)  # fixed, seeded training subset, no augmentation
     test_images: int = Field(0, ge=0, le=100_000)  # optional fixed test subset; 0 = none
@@ -141,6 +142,9 @@ class JobSpec(_Section):
     def _consistent(self) -> JobSpec:
         if self.training.method == "standard" and self.training.alpha not in (None, 0.0):
             raise ValueError("training.alpha has no meaning for method 'standard'")
+        injected = self.intervention.kind in ("inject", "inject_orthogonal")
+        if self.monitor.curvature_subspace != "full" and not injected:
+            raise ValueError("monitor.curvature_subspace 'carrier'/'complement' needs an inject intervention")
         return self
 
     def resolved(self) -> JobSpec:

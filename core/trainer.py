@@ -8,6 +8,7 @@ device and two callbacks: ``on_event(dict)`` for progress and ``should_stop() ->
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import platform
@@ -23,16 +24,20 @@ from torch import nn
 
 from core import checkpoint
 from core.attacks import gradient_cosine, input_gradient, pgd, single_step, uniform_noise
+from core.co import detect_onset
 from core.data import Dataset, augment, epoch_order, load_dataset
 from core.errors import Cancelled, DivergedError, SpecError
 from core.evaluate import InputTransform, clean_accuracy, robust_accuracy
 from core.interventions import carrier_basis, carriers, inject, inject_orthogonal
 from core.models import build_model
+from core.monitor import Monitor
+from core.report import write_run_summary
 from core.schedule import lr_and_momentum
 from core.spec import JobSpec, TrainingSpec
 
 PER_255 = 1.0 / 255.0  # spec units -> [0, 1] pixel units
 EPOCH_TEST_IMAGES = 1000  # test images for the per-epoch clean accuracy (cheap, no attack)
+CHECKPOINT, BEST_CHECKPOINT = "checkpoint.pt", "best.pt"
 SUM_SLOTS = ("loss", "adv_correct", "clean_correct", "clean_seen", "seen")
 
 
@@ -52,7 +57,13 @@ class TrainState:
     batch: int = 0  # next batch index within ``epoch``
     step: int = 0  # global optimizer steps taken
     images_seen: int = 0
-    train_seconds: float = 0.0
+    train_seconds: float = 0.0  # training only: monitor checks and evaluation are timed apart
+    monitor_seconds: float = 0.0
+    best_pgd_accuracy: float = -1.0  # monitor PGD accuracy of the best-robust weights (best.pt)
+    best_step: int | None = None
+    best_epoch: int | None = None
+    onset: dict[str, Any] | None = None  # core.co.Onset.to_dict() once confirmed
+    stopped_early: bool = False  # co_policy 'stop' fired and the best weights were restored
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -167,104 +178,237 @@ def train(spec: JobSpec, out_dir: str | Path, device: torch.device | str = "cpu"
     Raises ``Cancelled`` (after writing a checkpoint) when ``should_stop`` says so, ``DivergedError`` on
     a non-finite loss, and ``SpecError`` / ``DatasetNotFound`` / ``CheckpointError`` on bad input.
     """
-    spec, out, device = spec.resolved(), Path(out_dir), torch.device(device)
-    callbacks = callbacks or Callbacks()
-    t = spec.training
-    out.mkdir(parents=True, exist_ok=True)
-    if device.type == "cpu":
-        torch.use_deterministic_algorithms(True, warn_only=True)  # same numbers every run on a CPU
-    else:
-        torch.backends.cudnn.benchmark = True
-
-    data = load_dataset(spec.dataset, data_root, spec.seed).to(device)
-    transform = input_transform(spec, data, device)
-    torch.manual_seed(spec.seed)
-    model = build_model(spec.model.arch, spec.model.width, data.num_classes, data.image_shape[0],
-                        data.image_shape[1:], data.mean, data.std, spectral_layer(spec, data)).to(device)
-    memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
-    model = model.to(memory_format=memory_format)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.0, momentum=t.momentum, weight_decay=t.weight_decay)
-    generator = torch.Generator(device).manual_seed(spec.seed)
-
-    steps_per_epoch = math.ceil(len(data.train) / t.batch_size)  # no drop_last, as the paper
-    total_steps = steps_per_epoch * t.epochs
-    state, sums = TrainState(), torch.zeros(2, len(SUM_SLOTS), dtype=torch.float64, device=device)
-    ckpt_path = out / "checkpoint.pt"
+    run = _Run(spec.resolved(), Path(out_dir), torch.device(device), data_root, callbacks or Callbacks())
     if resume:
-        saved = checkpoint.load(ckpt_path, device, spec.sha256())
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        generator.set_state(saved["rng"]["generator"].cpu())
-        torch.set_rng_state(saved["rng"]["torch"].cpu())
-        sums = saved["sums"].to(device)
-        state = TrainState(saved["epoch"], saved["batch"], saved["step"], saved["images_seen"],
-                           saved["train_seconds"], list(saved["history"]))
-    metrics_file = _MetricsFile(out / "metrics.jsonl", state.history)
+        run.restore()
+    return run.execute()
 
-    def save() -> None:
+
+class _Run:
+    """One training run: the objects it needs, its state, and the phases of ``execute``."""
+
+    def __init__(self, spec: JobSpec, out: Path, device: torch.device, data_root: str | Path | None,
+                 callbacks: Callbacks) -> None:
+        self.spec, self.out, self.device, self.callbacks = spec, out, device, callbacks
+        t = self.t = spec.training
+        out.mkdir(parents=True, exist_ok=True)
+        if device.type == "cpu":
+            torch.use_deterministic_algorithms(True, warn_only=True)  # same numbers every run on a CPU
+        else:
+            torch.backends.cudnn.benchmark = True
+        self.data = load_dataset(spec.dataset, data_root, spec.seed).to(device)
+        self.transform = input_transform(spec, self.data, device)
+        torch.manual_seed(spec.seed)
+        shape = self.data.image_shape
+        model = build_model(spec.model.arch, spec.model.width, self.data.num_classes, shape[0], shape[1:],
+                            self.data.mean, self.data.std, spectral_layer(spec, self.data)).to(device)
+        self.memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
+        self.model = model.to(memory_format=self.memory_format)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.0, momentum=t.momentum,
+                                         weight_decay=t.weight_decay)
+        self.generator = torch.Generator(device).manual_seed(spec.seed)
+        self.monitor = Monitor(spec, self.data, self.transform, device) if spec.monitor.enabled else None
+        self.steps_per_epoch = math.ceil(len(self.data.train) / t.batch_size)  # no drop_last, as the paper
+        self.total_steps = self.steps_per_epoch * t.epochs
+        self.state = TrainState()
+        self.sums = torch.zeros(2, len(SUM_SLOTS), dtype=torch.float64, device=device)  # epoch, interval
+        self.metrics = _MetricsFile(out / "metrics.jsonl", self.state.history)
+
+    # ---- Checkpoints ---------------------------------------------------------------------------
+    def save(self) -> None:
         checkpoint.save_atomic({
-            "spec_sha256": spec.sha256(), "epoch": state.epoch, "batch": state.batch, "step": state.step,
-            "images_seen": state.images_seen, "train_seconds": state.train_seconds, "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(), "sums": sums.cpu(), "history": state.history,
-            "rng": {"generator": generator.get_state(), "torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else []},
-        }, ckpt_path)
+            "spec_sha256": self.spec.sha256(), "state": dataclasses.asdict(self.state),
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "sums": self.sums.cpu(),
+            "rng": {"generator": self.generator.get_state(), "torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else []},
+        }, self.out / CHECKPOINT)
 
-    callbacks.on_event({"type": "started", "total_steps": total_steps, "steps_per_epoch": steps_per_epoch,
-                        "step": state.step, "epoch": state.epoch})
-    # ---- Training ------------------------------------------------------------------------------
-    while state.epoch < t.epochs:
-        order = epoch_order(len(data.train), spec.seed, state.epoch).to(device)
+    def restore(self) -> None:
+        saved = checkpoint.load(self.out / CHECKPOINT, self.device, self.spec.sha256())
+        self.model.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.generator.set_state(saved["rng"]["generator"].cpu())
+        torch.set_rng_state(saved["rng"]["torch"].cpu())
+        self.sums = saved["sums"].to(self.device)
+        self.state = TrainState(**saved["state"])
+        self.metrics = _MetricsFile(self.out / "metrics.jsonl", self.state.history)
+
+    def _record(self, row: dict[str, Any], event: str) -> None:
+        self.metrics.append(row)
+        self.callbacks.on_event({"type": event, **row})
+
+    # ---- Phases --------------------------------------------------------------------------------
+    def execute(self) -> dict[str, Any]:
+        state = self.state
+        self.callbacks.on_event({"type": "started", "total_steps": self.total_steps,
+                                 "steps_per_epoch": self.steps_per_epoch, "step": state.step,
+                                 "epoch": state.epoch})
+        while state.epoch < self.t.epochs and not state.stopped_early:
+            self._train_epoch()
+        return self._finish()
+
+    def _train_epoch(self) -> None:
+        state, t, data = self.state, self.t, self.data
+        order = epoch_order(len(data.train), self.spec.seed, state.epoch).to(self.device)
         started = time.perf_counter()
-        model.train()
-        while state.batch < steps_per_epoch:
-            if callbacks.should_stop():
+        self.model.train()
+        while state.batch < self.steps_per_epoch:
+            if self.callbacks.should_stop():
                 state.train_seconds += time.perf_counter() - started
-                save()
+                self.save()
                 raise Cancelled(f"cancelled at step {state.step}; checkpoint written")
             index = order[state.batch * t.batch_size:(state.batch + 1) * t.batch_size]
             y = data.train.labels[index]
             images = data.train.images[index]
-            if spec.dataset.augment:
-                images = augment(images.float(), generator).round_().to(torch.uint8)
-            x = transform(images, y).contiguous(memory_format=memory_format)
-            lr, momentum = lr_and_momentum(t.lr_schedule, state.step, total_steps, t.lr_max, t.momentum)
-            for group in optimizer.param_groups:
+            if self.spec.dataset.augment:
+                images = augment(images.float(), self.generator).round_().to(torch.uint8)
+            x = self.transform(images, y).contiguous(memory_format=self.memory_format)
+            lr, momentum = lr_and_momentum(t.lr_schedule, state.step, self.total_steps, t.lr_max, t.momentum)
+            for group in self.optimizer.param_groups:
                 group["lr"], group["momentum"] = lr, momentum
-            with autocast(device, t.precision):
-                batch_sums = train_step(model, optimizer, x, y, t, generator)
-            sums += batch_sums
-            state.step += 1
-            state.batch += 1
-            state.images_seen += len(y)
+            with autocast(self.device, t.precision):
+                self.sums += train_step(self.model, self.optimizer, x, y, t, self.generator)
+            state.step, state.batch, state.images_seen = state.step + 1, state.batch + 1, state.images_seen + len(y)
             if state.step % t.log_every == 0:
-                row = _rates(sums[1], kind="train", epoch=state.epoch, step=state.step, lr=lr, momentum=momentum)
-                sums[1].zero_()
+                row = _rates(self.sums[1], kind="train", epoch=state.epoch, step=state.step, lr=lr,
+                             momentum=momentum)
+                self.sums[1].zero_()
                 _check_finite(row)
-                metrics_file.append(row)
-                callbacks.on_event({"type": "metrics", **row})
-            callbacks.on_event({"type": "progress", "epoch": state.epoch, "step": state.step,
-                                "total_steps": total_steps})
+                self._record(row, "metrics")
+            self.callbacks.on_event({"type": "progress", "epoch": state.epoch, "step": state.step,
+                                     "total_steps": self.total_steps})
+            end_of_epoch = state.batch == self.steps_per_epoch  # the epoch-end check covers this step
+            if self.monitor and state.step % self.spec.monitor.every_steps == 0 and not end_of_epoch:
+                state.train_seconds += time.perf_counter() - started
+                self._check(curvature=False)
+                if state.stopped_early:
+                    return
+                started = time.perf_counter()
         state.train_seconds += time.perf_counter() - started
-        with autocast(device, t.precision):
-            test_clean = clean_accuracy(model, data.test.images[:EPOCH_TEST_IMAGES],
-                                        data.test.labels[:EPOCH_TEST_IMAGES], transform, t.batch_size)
-        row = _rates(sums[0], kind="epoch", epoch=state.epoch, step=state.step, test_clean_accuracy=test_clean)
+        self._end_epoch()
+
+    def _end_epoch(self) -> None:
+        state, t, data = self.state, self.t, self.data
+        with autocast(self.device, t.precision):
+            test_clean = clean_accuracy(self.model, data.test.images[:EPOCH_TEST_IMAGES],
+                                        data.test.labels[:EPOCH_TEST_IMAGES], self.transform, t.batch_size)
+        row = _rates(self.sums[0], kind="epoch", epoch=state.epoch, step=state.step,
+                     test_clean_accuracy=test_clean)
         _check_finite(row)
-        sums.zero_()
+        self.sums.zero_()
+        self._record(row, "epoch")
+        every = self.spec.monitor.curvature_every_epochs
+        if self.monitor:
+            self._check(curvature=bool(every) and (state.epoch + 1) % every == 0)
         state.epoch, state.batch = state.epoch + 1, 0
-        metrics_file.append(row)
-        save()
-        callbacks.on_event({"type": "epoch", **row})
+        self.save()
 
-    # ---- Final evaluation ----------------------------------------------------------------------
-    report = _final_report(spec, model, data, transform, device, state, generator)
-    (out / "report.json").write_text(json.dumps(report, indent=2))
-    from core.report import plot_curves
+    def _check(self, curvature: bool) -> None:
+        """Run the monitor, keep the best-robust weights, and act on a newly confirmed onset."""
+        assert self.monitor is not None
+        state, settings = self.state, self.spec.monitor
+        started = time.perf_counter()
+        with autocast(self.device, self.t.precision):
+            row = self.monitor.check(self.model, state.step, state.epoch, curvature)
+        state.monitor_seconds += time.perf_counter() - started
+        self._record(row, "monitor")
+        if state.onset is None and row["pgd_accuracy"] > state.best_pgd_accuracy:
+            state.best_pgd_accuracy, state.best_step, state.best_epoch = row["pgd_accuracy"], state.step, state.epoch
+            checkpoint.save_atomic({"spec_sha256": self.spec.sha256(), "step": state.step,
+                                    "model": self.model.state_dict()}, self.out / BEST_CHECKPOINT)
+        if state.onset is None:
+            onset = detect_onset(monitor_rows(state.history), settings)
+            if onset is not None:
+                state.onset = onset.to_dict()
+                if settings.co_policy != "continue":
+                    self.callbacks.on_event({"type": "co_onset", **state.onset})
+                if settings.co_policy == "stop":
+                    self._load_best()
+                    state.stopped_early = True
+                    self.save()
 
-    plot_curves(state.history, out / "curves.png")
-    callbacks.on_event({"type": "finished", "final": report["final"]})
-    return report
+    def _load_best(self) -> None:
+        best = checkpoint.load(self.out / BEST_CHECKPOINT, self.device, self.spec.sha256())
+        self.model.load_state_dict(best["model"])
+
+    def _finish(self) -> dict[str, Any]:
+        started = time.perf_counter()
+        final = self._evaluate()
+        co = None
+        if self.monitor is not None:
+            co = co_section(self.spec, self.state, self.monitor.indices)
+            if (self.out / BEST_CHECKPOINT).exists() and not self.state.stopped_early:
+                self._load_best()
+                co["best_checkpoint"]["final"] = self._evaluate()
+            elif self.state.stopped_early:  # the model already is the best checkpoint
+                co["best_checkpoint"]["final"] = final
+        report = build_report(self.spec, final, self.data, self.device, self.state,
+                              eval_seconds=time.perf_counter() - started)
+        report["co"] = co
+        write_run_summary(self.out, report, self.state.history)
+        self.callbacks.on_event({"type": "finished", "final": report["final"], "co": co})
+        return report
+
+    def _evaluate(self) -> dict[str, Any]:
+        e, t, data = self.spec.evaluation, self.t, self.data
+        count = len(data.test) if e.test_subset is None else min(e.test_subset, len(data.test))
+        generator = torch.Generator(self.device).manual_seed(self.spec.seed + 1)  # same attack for last and best
+        with autocast(self.device, t.precision):
+            clean = clean_accuracy(self.model, data.test.images, data.test.labels, self.transform, e.batch_size)
+            robust = robust_accuracy(self.model, data.test.images[:count], data.test.labels[:count],
+                                     self.transform, t.epsilon * PER_255, e.step_size * PER_255, e.pgd_steps,
+                                     e.restarts, e.batch_size, generator)
+        return {"clean_accuracy": clean, "robust_accuracy": robust,
+                "attack": {"name": "pgd", "norm": "Linf", "epsilon": t.epsilon, "step_size": e.step_size,
+                           "steps": e.pgd_steps, "restarts": e.restarts, "test_images": count,
+                           "units": "/255", "broken_if": "any restart misclassifies"},
+                "clean_test_images": len(data.test)}
+
+
+def monitor_rows(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [row for row in history if row["kind"] == "monitor"]
+
+
+def co_section(spec: JobSpec, state: TrainState, indices: list[int]) -> dict[str, Any]:
+    """The report's ``co`` block: the verdict, the rows around the onset, the best checkpoint, the set-up."""
+    onset = state.onset or {}
+    settings = spec.monitor
+    return {
+        "detected": state.onset is not None,
+        "onset_step": onset.get("onset_step"),
+        "onset_epoch": onset.get("onset_epoch"),
+        "confirmed_step": onset.get("confirmed_step"),
+        "rule": onset.get("rule"),
+        "before": onset.get("before"),
+        "after": onset.get("after"),
+        "policy": settings.co_policy,
+        "stopped_early": state.stopped_early,
+        "best_checkpoint": {"step": state.best_step, "epoch": state.best_epoch,
+                            "monitor_pgd_accuracy": state.best_pgd_accuracy if state.best_step is not None
+                            else None, "file": BEST_CHECKPOINT},
+        "monitor": {"train_indices": indices, "every_steps": settings.every_steps,
+                    "pgd_steps": settings.pgd_steps, "pgd_step_fraction": settings.pgd_step_fraction,
+                    "checks": len(monitor_rows(state.history)), "seconds": state.monitor_seconds},
+    }
+
+
+def build_report(spec: JobSpec, final: dict[str, Any], data: Dataset, device: torch.device, state: TrainState,
+                 eval_seconds: float) -> dict[str, Any]:
+    return {
+        "spec": spec.model_dump(mode="json"),
+        "final": final,
+        "timing": {"train_seconds": state.train_seconds,
+                   "train_images_per_second": state.images_seen / max(state.train_seconds, 1e-9),
+                   "monitor_seconds": state.monitor_seconds,
+                   "eval_seconds": eval_seconds},
+        "environment": {"torch": torch.__version__, "device": str(device), "python": platform.python_version(),
+                        "threads": torch.get_num_threads(),
+                        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
+                        else platform.processor() or platform.machine()},
+        "data": {"train_images": len(data.train), "test_images": len(data.test), "num_classes": data.num_classes,
+                 "image_shape": list(data.image_shape), "mean": list(data.mean), "std": list(data.std)},
+        "co": None,
+    }
 
 
 def _rates(sums: torch.Tensor, **fields: Any) -> dict[str, Any]:
@@ -291,38 +435,3 @@ class _MetricsFile:
         self.history.append(row)
         with open(self.path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(row) + "\n")
-
-
-def _final_report(spec: JobSpec, model: nn.Module, data: Dataset, transform: InputTransform,
-                  device: torch.device, state: TrainState, generator: torch.Generator) -> dict[str, Any]:
-    e, t = spec.evaluation, spec.training
-    count = len(data.test) if e.test_subset is None else min(e.test_subset, len(data.test))
-    started = time.perf_counter()
-    with autocast(device, t.precision):
-        clean = clean_accuracy(model, data.test.images, data.test.labels, transform, e.batch_size)
-        robust = robust_accuracy(model, data.test.images[:count], data.test.labels[:count], transform,
-                                 t.epsilon * PER_255, e.step_size * PER_255, e.pgd_steps, e.restarts,
-                                 e.batch_size, generator)
-    eval_seconds = time.perf_counter() - started
-    return {
-        "spec": spec.model_dump(mode="json"),
-        "final": {
-            "clean_accuracy": clean,
-            "robust_accuracy": robust,
-            "attack": {"name": "pgd", "norm": "Linf", "epsilon": t.epsilon, "step_size": e.step_size,
-                       "steps": e.pgd_steps, "restarts": e.restarts, "test_images": count,
-                       "units": "/255", "broken_if": "any restart misclassifies"},
-            "clean_test_images": len(data.test),
-        },
-        "timing": {"train_seconds": state.train_seconds,
-                   "train_images_per_second": state.images_seen / max(state.train_seconds, 1e-9),
-                   "eval_seconds": eval_seconds},
-        "environment": {"torch": torch.__version__, "device": str(device), "python": platform.python_version(),
-                        "threads": torch.get_num_threads(),
-                        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
-                        else platform.processor() or platform.machine()},
-        "data": {"train_images": len(data.train), "test_images": len(data.test), "num_classes": data.num_classes,
-                 "image_shape": list(data.image_shape), "mean": list(data.mean), "std": list(data.std)},
-        "co": None,
-    }
-

@@ -20,13 +20,31 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    report = commands.add_parser("report", help="print a run's CO verdict and render its plots again")
+    report.add_argument("run_dir", help="run folder written by coscope train")
+
     validate = commands.add_parser("validate", help="check a job spec and print it with defaults resolved")
     validate.add_argument("spec")
 
     args = parser.parse_args(argv)
     if args.command == "train":
         return _train(args)
+    if args.command == "report":
+        return _report(args)
     return _validate(args)
+
+
+def _report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from core.report import render_run
+
+    run_dir = Path(args.run_dir)
+    if not (run_dir / "report.json").is_file() or not (run_dir / "metrics.jsonl").is_file():
+        sys.stderr.write(f"coscope: {run_dir} has no report.json and metrics.jsonl (is the run finished?)\n")
+        return 2
+    sys.stdout.write(render_run(run_dir) + f"\nrendered {run_dir}/summary.md and {run_dir}/curves.png\n")
+    return 0
 
 
 def _load_spec(path: str) -> Any:
@@ -73,6 +91,12 @@ def _train(args: argparse.Namespace) -> int:
         elif event["type"] == "metrics":
             bar.set_postfix(epoch=event["epoch"], loss=f"{event['train_loss']:.3f}",
                             adv_acc=f"{event['train_adv_accuracy']:.3f}", lr=f"{event['lr']:.3f}")
+        elif event["type"] == "co_onset":
+            bar.write(f"CO onset at step {event['onset_step']} ({event['rule']['name']}), "
+                      f"confirmed at step {event['confirmed_step']}")
+        elif event["type"] == "monitor":
+            bar.set_postfix(step=event["step"], clean=f"{event['clean_accuracy']:.3f}",
+                            fgsm=f"{event['fgsm_accuracy']:.3f}", pgd=f"{event['pgd_accuracy']:.3f}")
         elif event["type"] == "epoch":
             bar.write(f"epoch {event['epoch'] + 1}: train loss {event['train_loss']:.4f}, "
                       f"attacked acc {event['train_adv_accuracy']:.4f}, "
@@ -91,6 +115,7 @@ def _train(args: argparse.Namespace) -> int:
         return 1
     bar.close()
     final = report["final"]
+    sys.stdout.write((args.out + "/summary.md:\n" + open(f"{args.out}/summary.md").read()) if report["co"] else "")
     sys.stdout.write(
         f"clean accuracy {final['clean_accuracy']:.4f}, robust accuracy {final['robust_accuracy']:.4f} "
         f"(PGD-{final['attack']['steps']}-{final['attack']['restarts']}, eps {final['attack']['epsilon']}/255, "
