@@ -80,6 +80,20 @@ class Monitor:
 
     def _attack_metrics(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator,
                         indicators: bool = True) -> dict[str, float]:
+        """Averages over chunks of the training batch size: on a CPU, 4 batches of 128 run about twice as
+        fast as one of 512, and the memory stays that of a training step."""
+        totals: dict[str, float] = {}
+        chunk = min(self.spec.training.batch_size, 256)
+        for start in range(0, len(y), chunk):
+            part = self._chunk_metrics(model, x[start:start + chunk], y[start:start + chunk], generator, indicators)
+            for key, value in part.items():
+                totals[key] = totals.get(key, 0.0) + value * len(y[start:start + chunk])
+        metrics = {key: value / len(y) for key, value in totals.items()}
+        metrics["fgsm_pgd_gap"] = metrics["fgsm_accuracy"] - metrics["pgd_accuracy"]
+        return metrics
+
+    def _chunk_metrics(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator,
+                       indicators: bool) -> dict[str, float]:
         eps, settings = self.epsilon, self.settings
         fgsm = single_step(model, x, y, eps, eps, generator=generator)
         delta = pgd(model, x, y, eps, settings.pgd_step_fraction * eps, settings.pgd_steps, restarts=1,
@@ -89,7 +103,6 @@ class Monitor:
             "fgsm_accuracy": _accuracy(model, x + fgsm.delta, y),
             "pgd_accuracy": _accuracy(model, x + delta, y),
         }
-        metrics["fgsm_pgd_gap"] = metrics["fgsm_accuracy"] - metrics["pgd_accuracy"]
         if indicators:
             at_noise = input_gradient(model, x + uniform_noise(x, eps, generator), y)
             metrics["gradient_alignment"] = float(gradient_cosine(fgsm.grad_at_init, at_noise))

@@ -39,12 +39,18 @@ def _pct(value: float | None) -> str:
 
 def summary_markdown(report: dict[str, Any], verdict: str) -> str:
     spec, final, co = report["spec"], report["final"], report.get("co")
-    t, attack = spec["training"], final["attack"]
+    t, attack, intervention = spec["training"], final["attack"], spec["intervention"]
+    if intervention["kind"] in ("inject", "inject_orthogonal"):
+        applied = f"`{intervention['kind']}` (beta {intervention['beta']}/255)"
+    elif intervention["kind"] in ("low_pass", "high_pass"):
+        applied = f"`{intervention['kind']}` (bandwidth {intervention['bandwidth']})"
+    else:
+        applied = "none"
     lines = [
         "# Run summary", "",
         f"**Verdict.** {verdict}", "",
-        f"- Method `{t['method']}` at epsilon {t['epsilon']}/255, intervention `{spec['intervention']['kind']}`"
-        f" (beta {spec['intervention']['beta']}/255), {t['epochs']} epochs on `{spec['dataset']['name']}`"
+        f"- Method `{t['method']}` at epsilon {t['epsilon']}/255, intervention {applied},"
+        f" {t['epochs']} epochs on `{spec['dataset']['name']}`"
         f" ({report['data']['train_images']} training images).",
         f"- Final (last weights): clean {_pct(final['clean_accuracy'])}, robust {_pct(final['robust_accuracy'])}"
         f" under PGD-{attack['steps']}-{attack['restarts']} on {attack['test_images']} test images.",

@@ -111,7 +111,7 @@ class MonitorSpec(_Section):
     """
 
     enabled: bool = True  # off: no checks, no onset verdict (the benchmark's baseline)
-    every_steps: int = Field(200, ge=1, le=10_000_000)  # optimizer steps between checks, plus every epoch end
+    every_steps: int = Field(200, ge=1, le=10_000_000)  # steps since the last check (epoch ends check too)
     train_images: int = Field(512, ge=1, le=100_000)  # fixed, seeded training subset, no augmentation
     test_images: int = Field(0, ge=0, le=100_000)  # optional fixed test subset; 0 = none
     pgd_steps: int = Field(10, ge=1, le=1000)  # monitor PGD-k, 1 restart

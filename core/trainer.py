@@ -59,6 +59,7 @@ class TrainState:
     images_seen: int = 0
     train_seconds: float = 0.0  # training only: monitor checks and evaluation are timed apart
     monitor_seconds: float = 0.0
+    last_check_step: int = 0  # the step clock of the monitor restarts at every check, epoch ends included
     best_pgd_accuracy: float = -1.0  # monitor PGD accuracy of the best-robust weights (best.pt)
     best_step: int | None = None
     best_epoch: int | None = None
@@ -278,7 +279,8 @@ class _Run:
             self.callbacks.on_event({"type": "progress", "epoch": state.epoch, "step": state.step,
                                      "total_steps": self.total_steps})
             end_of_epoch = state.batch == self.steps_per_epoch  # the epoch-end check covers this step
-            if self.monitor and state.step % self.spec.monitor.every_steps == 0 and not end_of_epoch:
+            due = state.step - state.last_check_step >= self.spec.monitor.every_steps
+            if self.monitor and due and not end_of_epoch:
                 state.train_seconds += time.perf_counter() - started
                 self._check(curvature=False)
                 if state.stopped_early:
@@ -311,6 +313,7 @@ class _Run:
         with autocast(self.device, self.t.precision):
             row = self.monitor.check(self.model, state.step, state.epoch, curvature)
         state.monitor_seconds += time.perf_counter() - started
+        state.last_check_step = state.step
         self._record(row, "monitor")
         if state.onset is None and row["pgd_accuracy"] > state.best_pgd_accuracy:
             state.best_pgd_accuracy, state.best_step, state.best_epoch = row["pgd_accuracy"], state.step, state.epoch
@@ -435,3 +438,26 @@ class _MetricsFile:
         self.history.append(row)
         with open(self.path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(row) + "\n")
+
+
+@dataclass
+class TrainedRun:
+    """A finished run's model rebuilt from its folder, with the data and intervention it was trained on."""
+
+    spec: JobSpec
+    model: nn.Module
+    data: Dataset
+    transform: InputTransform
+
+
+def load_trained(run_dir: str | Path, weights: str = CHECKPOINT, device: torch.device | str = "cpu",
+                 data_root: str | Path | None = None) -> TrainedRun:
+    """Rebuild the model of ``run_dir`` from its report's spec and load ``weights`` (checkpoint.pt or best.pt)."""
+    run_dir, device = Path(run_dir), torch.device(device)
+    spec = JobSpec.model_validate(json.loads((run_dir / "report.json").read_text())["spec"])
+    data = load_dataset(spec.dataset, data_root, spec.seed).to(device)
+    shape = data.image_shape
+    model = build_model(spec.model.arch, spec.model.width, data.num_classes, shape[0], shape[1:],
+                        data.mean, data.std, spectral_layer(spec, data)).to(device)
+    model.load_state_dict(checkpoint.load(run_dir / weights, device, spec.sha256())["model"])
+    return TrainedRun(spec, model.eval(), data, input_transform(spec, data, device))

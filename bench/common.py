@@ -1,0 +1,67 @@
+"""Shared helpers of the benchmark scripts: machine facts, repeated timing, and the benchmarks table."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TABLE = ROOT / "docs" / "benchmarks.md"
+sys.path.insert(0, str(ROOT))
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine() -> str:
+    import torch
+
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return (f"{cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__} "
+            f"({torch.get_num_threads()} threads), {device}")
+
+
+def command() -> str:
+    return "python " + " ".join([os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]])
+
+
+def timed(function: Callable[[], object], repeats: int) -> tuple[list[float], object]:
+    """Wall-clock seconds of ``repeats`` calls, and the last result."""
+    seconds, result = [], None
+    for _ in range(repeats):
+        started = time.perf_counter()
+        result = function()
+        seconds.append(time.perf_counter() - started)
+    return seconds, result
+
+
+def spread(values: list[float]) -> str:
+    """'median (min-max, n=k)'."""
+    return f"{statistics.median(values):.3g} ({min(values):.3g}-{max(values):.3g}, n={len(values)})"
+
+
+def record(benchmark: str, rows: list[tuple[str, str]]) -> None:
+    """Print the result and append it to docs/benchmarks.md with the machine and the command."""
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [f"\n### {benchmark} ({stamp})\n", f"- machine: {machine()}", f"- command: `{command()}`\n",
+             "| measure | value |", "|---|---|"] + [f"| {name} | {value} |" for name, value in rows]
+    text = "\n".join(lines) + "\n"
+    sys.stdout.write(text)
+    TABLE.parent.mkdir(exist_ok=True)
+    if not TABLE.exists():
+        TABLE.write_text("# Benchmarks\n\nRows appended by the scripts in `bench/`; each names its machine and command.\n")
+    with open(TABLE, "a", encoding="utf-8") as handle:
+        handle.write(text)
