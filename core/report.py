@@ -15,12 +15,14 @@ from core.spec import JobSpec
 
 
 def write_run_summary(out: Path, report: dict[str, Any], history: list[dict[str, Any]]) -> str:
-    """Write report.json, summary.md and curves.png; return the verdict sentence."""
-    (out / "report.json").write_text(json.dumps(report, indent=2))
+    """Write report.json (with ``co.verdict``), summary.md and curves.png; return the verdict sentence."""
     spec = JobSpec.model_validate(report["spec"])
     monitor = [row for row in history if row["kind"] == "monitor"]
     onset = detect_onset(monitor, spec.monitor) if monitor else None
     verdict = verdict_text(onset, monitor, spec.monitor) if monitor else "No CO monitor ran (monitor.enabled: false)."
+    if report.get("co") is not None:
+        report["co"]["verdict"] = verdict
+    (out / "report.json").write_text(json.dumps(report, indent=2))
     (out / "summary.md").write_text(summary_markdown(report, verdict))
     plot_curves(history, out / "curves.png", onset)
     return verdict

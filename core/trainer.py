@@ -182,6 +182,8 @@ def train(spec: JobSpec, out_dir: str | Path, device: torch.device | str = "cpu"
     run = _Run(spec.resolved(), Path(out_dir), torch.device(device), data_root, callbacks or Callbacks())
     if resume:
         run.restore()
+    else:
+        (run.out / BEST_CHECKPOINT).unlink(missing_ok=True)  # a fresh run never inherits old best weights
     return run.execute()
 
 

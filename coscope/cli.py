@@ -115,7 +115,8 @@ def _train(args: argparse.Namespace) -> int:
         return 1
     bar.close()
     final = report["final"]
-    sys.stdout.write((args.out + "/summary.md:\n" + open(f"{args.out}/summary.md").read()) if report["co"] else "")
+    if report["co"] is not None:
+        sys.stdout.write(f"verdict: {report['co']['verdict']}\n")
     sys.stdout.write(
         f"clean accuracy {final['clean_accuracy']:.4f}, robust accuracy {final['robust_accuracy']:.4f} "
         f"(PGD-{final['attack']['steps']}-{final['attack']['restarts']}, eps {final['attack']['epsilon']}/255, "

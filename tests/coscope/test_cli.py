@@ -53,3 +53,20 @@ def test_every_example_is_a_valid_spec():
     assert examples
     for example in examples:
         assert _coscope("validate", str(example)).returncode == 0, example
+
+
+def test_report_renders_a_finished_run_again(tmp_path):
+    assert _coscope("train", "examples/quickstart.yaml", "--out", str(tmp_path), "--quiet").returncode == 0
+    (tmp_path / "summary.md").unlink()
+    (tmp_path / "curves.png").unlink()
+    result = _coscope("report", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert "catastrophic overfitting" in result.stdout.lower()
+    assert (tmp_path / "summary.md").read_text().startswith("# Run summary")
+    assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_report_of_a_folder_without_a_run_exits_2(tmp_path):
+    result = _coscope("report", str(tmp_path))
+    assert result.returncode == 2
+    assert "no report.json" in result.stderr
