@@ -26,7 +26,12 @@ def main(argv: list[str] | None = None) -> int:
     validate = commands.add_parser("validate", help="check a job spec and print it with defaults resolved")
     validate.add_argument("spec")
 
+    from coscope.service_cli import add_service_commands, run_service_command
+
+    add_service_commands(commands)
     args = parser.parse_args(argv)
+    if args.command in ("serve", "worker", "keys"):
+        return run_service_command(args)
     if args.command == "train":
         return _train(args)
     if args.command == "report":

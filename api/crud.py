@@ -1,0 +1,259 @@
+"""Job-store operations shared by the API, the worker and the reconciler.
+
+Worker writes are fenced by the attempt number: each one is a conditional UPDATE of the job row
+(``WHERE id = ? AND attempt = ? AND status = 'running'``) in the same transaction as its inserts, so a
+worker whose lease was taken over (a newer attempt claimed the job) gets ``StaleAttempt`` and stops,
+and nothing it sends lands.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from api.models import FINISHED_STATES, ApiKey, Job, JobEvent, MetricRow, utcnow
+
+KEY_PREFIX = "cs_"
+
+
+class StaleAttempt(Exception):
+    """The job was claimed by a newer attempt (or finished); this worker's writes are refused."""
+
+
+class IdempotencyMismatch(Exception):
+    """The Idempotency-Key was used before with a different request body."""
+
+
+class NotCancellable(Exception):
+    """The job already finished."""
+
+
+# ---- Keys -------------------------------------------------------------------------------------------
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def create_key(session: Session, name: str, team: str = "default", role: str = "member") -> tuple[ApiKey, str]:
+    """A new API key; only its hash is stored, the key itself is returned once."""
+    key = KEY_PREFIX + secrets.token_urlsafe(32)
+    row = ApiKey(name=name, team=team, role=role, key_hash=hash_key(key))
+    session.add(row)
+    session.flush()
+    return row, key
+
+
+def key_for(session: Session, key: str) -> ApiKey | None:
+    row = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(key)))
+    return row if row is not None and not row.revoked else None
+
+
+# ---- Jobs (API side) --------------------------------------------------------------------------------
+
+
+def create_job(session: Session, owner: ApiKey, spec: dict[str, Any], *, name: str | None, tags: list[str],
+               priority: int, queue: str, idempotency_key: str | None, request_hash: str) -> tuple[Job, bool]:
+    """Insert a queued job, or return the one created earlier with the same idempotency key and body."""
+    if idempotency_key is not None:
+        existing = session.scalar(select(Job).where(Job.owner_key_id == owner.id,
+                                                    Job.idempotency_key == idempotency_key))
+        if existing is not None:
+            if existing.request_hash != request_hash:
+                raise IdempotencyMismatch(idempotency_key)
+            return existing, False
+    job = Job(team=owner.team, owner_key_id=owner.id, spec=spec, name=name, tags=tags, priority=priority,
+              queue=queue, idempotency_key=idempotency_key, request_hash=request_hash, status="queued")
+    session.add(job)
+    session.flush()  # a concurrent duplicate key fails here with IntegrityError
+    add_event(session, job.id, 0, "status", {"status": "queued"})
+    return job, True
+
+
+def mark_enqueued(session: Session, job_id: str) -> None:
+    session.execute(update(Job).where(Job.id == job_id).values(enqueued_at=utcnow()))
+
+
+def get_team_job(session: Session, job_id: str, team: str | None) -> Job | None:
+    """The job if it exists and belongs to ``team`` (None: any team, for admins)."""
+    job = session.get(Job, job_id)
+    if job is None or (team is not None and job.team != team):
+        return None
+    return job
+
+
+def list_jobs(session: Session, team: str | None, status: str | None, tag: str | None, limit: int,
+              offset: int) -> tuple[list[Job], int]:
+    query = select(Job)
+    if team is not None:
+        query = query.where(Job.team == team)
+    if status is not None:
+        query = query.where(Job.status == status)
+    jobs = list(session.scalars(query.order_by(Job.created_at.desc(), Job.id)))
+    if tag is not None:  # JSON containment differs across databases; tags lists are short
+        jobs = [job for job in jobs if tag in (job.tags or [])]
+    return jobs[offset:offset + limit], len(jobs)
+
+
+def request_cancel(session: Session, job: Job) -> Job:
+    """Queued jobs are cancelled at once (a later claim skips them); running ones stop at the next step."""
+    if job.status in FINISHED_STATES:
+        raise NotCancellable(job.status)
+    if job.status == "queued":
+        job.status, job.finished_at, job.cancel_requested = "cancelled", utcnow(), True
+        add_event(session, job.id, job.attempt, "status", {"status": "cancelled"})
+    else:
+        job.cancel_requested = True
+        add_event(session, job.id, job.attempt, "cancel_requested", {})
+    session.flush()
+    return job
+
+
+def add_event(session: Session, job_id: str, attempt: int, kind: str, data: dict[str, Any]) -> None:
+    session.add(JobEvent(job_id=job_id, type=kind, attempt=attempt, data=data))
+
+
+def events_after(session: Session, job_id: str, after_id: int, limit: int = 500) -> list[JobEvent]:
+    return list(session.scalars(select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.id > after_id)
+                                .order_by(JobEvent.id).limit(limit)))
+
+
+def job_metrics(session: Session, job_id: str, kind: str | None = None) -> list[dict[str, Any]]:
+    query = select(MetricRow).where(MetricRow.job_id == job_id)
+    if kind is not None:
+        query = query.where(MetricRow.kind == kind)
+    return [row.data for row in session.scalars(query.order_by(MetricRow.step, MetricRow.kind))]
+
+
+def count_by_status(session: Session) -> dict[str, int]:
+    return dict(session.execute(select(Job.status, func.count()).group_by(Job.status)).all())  # type: ignore[arg-type]
+
+
+# ---- Jobs (worker side) -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Claim:
+    outcome: str  # claimed | duplicate | finished | exhausted | missing
+    attempt: int = 0
+
+
+def claim(session: Session, job_id: str, worker: str, lease_seconds: float, max_attempts: int) -> Claim:
+    """Compare-and-set: take a queued job (or a running one whose lease expired) as a new attempt."""
+    now = utcnow()
+    claimable = (Job.status == "queued") | ((Job.status == "running") & (Job.lease_expires_at < now))
+    result = session.execute(
+        update(Job).where(Job.id == job_id, claimable, Job.attempt < max_attempts, ~Job.cancel_requested)
+        .values(status="running", attempt=Job.attempt + 1, lease_owner=worker,
+                lease_expires_at=now + dt.timedelta(seconds=lease_seconds),
+                started_at=func.coalesce(Job.started_at, now))
+        .execution_options(synchronize_session=False))
+    job = session.get(Job, job_id, populate_existing=True)
+    if job is None:
+        return Claim("missing")
+    if result.rowcount == 1:  # type: ignore[attr-defined]
+        add_event(session, job_id, job.attempt, "status", {"status": "running", "attempt": job.attempt})
+        return Claim("claimed", job.attempt)
+    if job.status in FINISHED_STATES:
+        return Claim("finished", job.attempt)
+    if job.cancel_requested:
+        _finish(session, job, "cancelled", None, None)
+        return Claim("finished", job.attempt)
+    if job.attempt >= max_attempts and not (job.status == "running" and job.lease_expires_at
+                                            and job.lease_expires_at >= now):
+        _finish(session, job, "failed", "attempts_exhausted",
+                f"the job was started {job.attempt} times without finishing (limit {max_attempts})")
+        return Claim("exhausted", job.attempt)
+    return Claim("duplicate", job.attempt)  # another worker holds a live lease: exactly one trainer
+
+
+def _fence(session: Session, job_id: str, attempt: int, **values: Any) -> None:
+    """The conditional UPDATE every worker write starts with (it also row-locks the job until commit)."""
+    values = values or {"attempt": Job.attempt}  # nothing to change: still take the lock and check
+    result = session.execute(update(Job).where(Job.id == job_id, Job.attempt == attempt, Job.status == "running")
+                             .values(**values).execution_options(synchronize_session=False))
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        raise StaleAttempt(f"job {job_id} attempt {attempt} no longer holds the job")
+
+
+def heartbeat(session: Session, job_id: str, attempt: int, lease_seconds: float) -> bool:
+    """Extend the lease; return whether a cancel was requested."""
+    _fence(session, job_id, attempt, lease_expires_at=utcnow() + dt.timedelta(seconds=lease_seconds))
+    return bool(session.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
+
+
+def record(session: Session, job_id: str, attempt: int, *, progress: dict[str, Any] | None = None,
+           metrics: list[dict[str, Any]] = (), events: list[tuple[str, dict[str, Any]]] = (),  # type: ignore[assignment]
+           co: dict[str, Any] | None = None) -> None:
+    """One fenced write of progress, metric rows (upserted per job/kind/step) and events."""
+    values: dict[str, Any] = {}
+    if progress is not None:
+        values["progress"] = progress
+    if co is not None:
+        values["co"] = co
+    _fence(session, job_id, attempt, **values)
+    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    for row in metrics:
+        statement = insert(MetricRow).values(job_id=job_id, kind=row["kind"], step=row["step"], attempt=attempt,
+                                             data=row)
+        session.execute(statement.on_conflict_do_update(
+            index_elements=["job_id", "kind", "step"], set_={"data": row, "attempt": attempt}))
+    for kind, data in events:
+        add_event(session, job_id, attempt, kind, data)
+
+
+def finish(session: Session, job_id: str, attempt: int, status: str, *, report: dict[str, Any] | None = None,
+           error_code: str | None = None, error_message: str | None = None) -> None:
+    """Write the outcome once: fenced, so only the attempt holding the job can finish it."""
+    values: dict[str, Any] = {"status": status, "finished_at": utcnow(), "lease_expires_at": None,
+                              "error_code": error_code, "error_message": error_message}
+    if report is not None:
+        values["report"] = report
+    _fence(session, job_id, attempt, **values)
+    add_event(session, job_id, attempt, "status", {"status": status, "error_code": error_code,
+                                                   "error_message": error_message})
+
+
+def _finish(session: Session, job: Job, status: str, code: str | None, message: str | None) -> None:
+    job.status, job.finished_at, job.error_code, job.error_message = status, utcnow(), code, message
+    job.lease_expires_at = None
+    add_event(session, job.id, job.attempt, "status", {"status": status, "error_code": code,
+                                                       "error_message": message})
+
+
+# ---- Reconciler -------------------------------------------------------------------------------------
+
+
+def jobs_to_requeue(session: Session, max_attempts: int, requeue_queued_after: float) -> list[str]:
+    """Running jobs whose lease expired go back to queued (or fail past the attempt cap); queued jobs
+    whose message may have been lost (broker restarted or flushed) are listed for a new message."""
+    now = utcnow()
+    expired = session.scalars(select(Job).where(Job.status == "running", Job.lease_expires_at < now)).all()
+    requeue: list[str] = []
+    for job in expired:
+        if job.cancel_requested:
+            _finish(session, job, "cancelled", None, None)
+        elif job.attempt >= max_attempts:
+            _finish(session, job, "failed", "attempts_exhausted",
+                    f"the worker was lost {job.attempt} times (limit {max_attempts})")
+        else:
+            job.status, job.lease_owner = "queued", None
+            add_event(session, job.id, job.attempt, "status", {"status": "queued", "reason": "lease expired"})
+            requeue.append(job.id)
+    stale = now - dt.timedelta(seconds=requeue_queued_after)
+    never_sent = Job.enqueued_at.is_(None) & (Job.created_at < now - dt.timedelta(seconds=5))
+    requeue += session.scalars(select(Job.id).where(Job.status == "queued", (Job.enqueued_at < stale) | never_sent)).all()
+    return list(dict.fromkeys(requeue))
+
+
+def queues_of(session: Session, job_ids: list[str]) -> dict[str, str]:
+    if not job_ids:
+        return {}
+    return dict(session.execute(select(Job.id, Job.queue).where(Job.id.in_(job_ids))).all())  # type: ignore[arg-type]

@@ -1,0 +1,53 @@
+"""Dependencies: settings, database sessions, the current API key, and owned jobs (404 otherwise)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Path, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
+
+from api import crud
+from api.db import session_scope
+from api.models import ApiKey, Job
+from api.settings import Settings, get_settings
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+bearer = HTTPBearer(auto_error=False)
+
+
+def get_session(settings: SettingsDep) -> Iterator[Session]:
+    with session_scope(settings.database) as session:
+        yield session
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+
+
+def get_current_key(session: SessionDep,
+                    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> ApiKey:
+    key = crud.key_for(session, credentials.credentials) if credentials else None
+    if key is None:
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "Invalid or missing API key",
+                            headers={"WWW-Authenticate": "Bearer"})
+    return key
+
+
+CurrentKey = Annotated[ApiKey, Depends(get_current_key)]
+
+
+def get_owned_job(session: SessionDep, key: CurrentKey, job_id: Annotated[str, Path(max_length=64)]) -> Job:
+    """The job if the caller's team owns it (admins: any); otherwise the same 404 as a missing job."""
+    job = crud.get_team_job(session, job_id, None if key.role == "admin" else key.team)
+    if job is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "Job not found")
+    return job
+
+
+OwnedJob = Annotated[Job, Depends(get_owned_job)]
+
+
+def get_publisher(request: Request):  # type: ignore[no-untyped-def]
+    return request.app.state.publisher

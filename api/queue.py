@@ -1,0 +1,75 @@
+"""Publishing job ids to the broker by task name (no torch, no task import), and reconciling."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from api import crud
+from api.db import session_scope
+from api.settings import Settings
+
+log = logging.getLogger("coscope.api")
+
+
+class Publisher:
+    """Sends ``coscope.run_job(job_id)`` to a queue; failures leave the job queued for the reconciler."""
+
+    def __init__(self, settings: Settings) -> None:
+        from worker.celery_app import make_celery
+
+        self.app = make_celery(settings)
+
+    def publish(self, job_id: str, queue: str) -> bool:
+        from worker.celery_app import TASK_NAME
+
+        try:
+            self.app.send_task(TASK_NAME, args=[job_id], queue=queue, retry=True,
+                               retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5})
+            return True
+        except Exception as error:  # broker down: the reconciler sends it once the broker is back
+            log.warning("could not publish job %s: %s", job_id, error)
+            return False
+
+    def ping(self) -> bool:
+        try:
+            with self.app.connection_for_write() as connection:
+                connection.ensure_connection(max_retries=1, timeout=2)
+            return True
+        except Exception:
+            return False
+
+
+def publish_and_mark(settings: Settings, publisher: Publisher, job_id: str, queue: str) -> bool:
+    if not publisher.publish(job_id, queue):
+        return False
+    with session_scope(settings.database) as session:
+        crud.mark_enqueued(session, job_id)
+    return True
+
+
+class Reconciler(threading.Thread):
+    """Every ``reconcile_seconds``: requeue running jobs whose lease expired (or fail them past the attempt
+    cap), and re-send queued jobs whose message may have been lost (broker restarted or flushed). Safe to
+    run anywhere and more than once: workers claim jobs with a compare-and-set."""
+
+    def __init__(self, settings: Settings, publisher: Publisher) -> None:
+        super().__init__(name="coscope-reconciler", daemon=True)
+        self.settings, self.publisher = settings, publisher
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.settings.reconcile_seconds):
+            try:
+                self.reconcile_once()
+            except Exception:
+                log.exception("reconcile pass failed")
+
+    def reconcile_once(self) -> list[str]:
+        with session_scope(self.settings.database) as session:
+            ids = crud.jobs_to_requeue(session, self.settings.max_attempts,
+                                       self.settings.requeue_queued_after_seconds)
+            queues = crud.queues_of(session, ids)
+        for job_id in ids:
+            publish_and_mark(self.settings, self.publisher, job_id, queues[job_id])
+        return ids

@@ -1,0 +1,81 @@
+"""Health, readiness and Prometheus metrics (no authentication: no job data is exposed)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Response
+from fastapi.concurrency import run_in_threadpool
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from sqlalchemy import select, text
+
+from api.db import session_scope
+from api.deps import SettingsDep, get_publisher
+from api.models import JOB_STATES, Job
+from api.queue import Publisher
+from api.settings import Settings
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+def healthz() -> dict[str, str]:
+    """The process is up."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+async def readyz(settings: SettingsDep, response: Response,
+                 publisher: Annotated[Publisher, Depends(get_publisher)]) -> dict[str, str]:
+    """The database and the broker are reachable (503 otherwise)."""
+    database = await run_in_threadpool(_database_ok, settings)
+    broker = await run_in_threadpool(publisher.ping)
+    if not (database and broker):
+        response.status_code = 503
+    return {"database": "ok" if database else "unreachable", "broker": "ok" if broker else "unreachable"}
+
+
+def _database_ok(settings: Settings) -> bool:
+    try:
+        with session_scope(settings.database) as session:
+            session.execute(text("SELECT 1"))
+        return True
+    except Exception:
+        return False
+
+
+class StoreCollector:
+    """Reads the job store at scrape time: jobs by state, queue depth, durations, training throughput."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def collect(self) -> Any:
+        with session_scope(self.settings.database) as session:
+            rows = session.execute(select(Job.status, Job.queue, Job.started_at, Job.finished_at, Job.report)).all()
+        by_state = GaugeMetricFamily("coscope_jobs", "Jobs by state", labels=["state"])
+        for state in JOB_STATES:
+            by_state.add_metric([state], sum(row.status == state for row in rows))
+        depth = GaugeMetricFamily("coscope_queue_depth", "Queued jobs by queue", labels=["queue"])
+        for queue in ("cpu", "gpu"):
+            depth.add_metric([queue], sum(row.status == "queued" and row.queue == queue for row in rows))
+        durations = [(row.finished_at - row.started_at).total_seconds() for row in rows
+                     if row.status == "succeeded" and row.started_at and row.finished_at]
+        duration = GaugeMetricFamily("coscope_job_duration_seconds_sum", "Total run time of succeeded jobs")
+        duration.add_metric([], sum(durations))
+        count = GaugeMetricFamily("coscope_job_duration_seconds_count", "Succeeded jobs timed")
+        count.add_metric([], len(durations))
+        rates = [row.report["timing"]["train_images_per_second"] for row in rows if row.report]
+        throughput = GaugeMetricFamily("coscope_train_images_per_second",
+                                       "Mean training throughput of succeeded jobs")
+        throughput.add_metric([], sum(rates) / len(rates) if rates else 0.0)
+        yield from (by_state, depth, duration, count, throughput)
+
+
+@router.get("/metrics", response_class=Response)
+def metrics(settings: SettingsDep) -> Response:
+    """Prometheus text format."""
+    registry = CollectorRegistry()
+    registry.register(StoreCollector(settings))  # type: ignore[arg-type]
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

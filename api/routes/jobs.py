@@ -1,0 +1,177 @@
+"""Job routes: submit, list, read, cancel, live events (SSE), report, metrics and artifacts."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import hashlib
+import io
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response, status
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse, StreamingResponse
+from sqlalchemy.exc import IntegrityError
+
+from api import crud
+from api.db import session_scope
+from api.deps import CurrentKey, OwnedJob, SessionDep, SettingsDep, get_current_key, get_publisher
+from api.models import FINISHED_STATES, Job
+from api.queue import Publisher, publish_and_mark
+from api.schemas import Artifact, ArtifactsPublic, JobCreate, JobPublic, JobsPublic, MetricsPublic
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(get_current_key)])
+ARTIFACTS = ("report.json", "metrics.jsonl", "summary.md", "curves.png", "checkpoint.pt", "best.pt")
+SSE_POLL_SECONDS = 0.5
+PaperSized = 20_000  # training images x epochs above which a spec goes to the gpu queue by default
+
+
+def to_public(job: Job) -> JobPublic:
+    error = {"code": job.error_code, "message": job.error_message} if job.error_code else None
+    return JobPublic(id=job.id, name=job.name, tags=job.tags or [], priority=job.priority, queue=job.queue,
+                     status=job.status, attempt=job.attempt, progress=job.progress or {}, co=job.co,
+                     error=error, created_at=job.created_at, started_at=job.started_at,
+                     finished_at=job.finished_at, spec=job.spec)
+
+
+def _default_queue(body: JobCreate) -> str:
+    spec = body.spec
+    images = spec.dataset.train_subset or (spec.dataset.synthetic_train_size if spec.dataset.name == "synthetic"
+                                           else 50_000)
+    return "gpu" if images * spec.training.epochs > PaperSized * 10 else "cpu"
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=JobPublic)
+def create_job(body: JobCreate, key: CurrentKey, session: SessionDep, settings: SettingsDep, response: Response,
+               publisher: Annotated[Publisher, Depends(get_publisher)],
+               idempotency_key: Annotated[str | None, Header(max_length=200)] = None) -> Any:
+    """Submit a job; with an Idempotency-Key, the same key and body return the same job."""
+    spec = body.spec.resolved().model_dump(mode="json")
+    canonical = json.dumps({**body.model_dump(mode="json", exclude={"spec"}), "spec": spec}, sort_keys=True)
+    try:
+        job, created = crud.create_job(
+            session, key, spec, name=body.name, tags=body.tags, priority=body.priority,
+            queue=body.queue or _default_queue(body), idempotency_key=idempotency_key,
+            request_hash=hashlib.sha256(canonical.encode()).hexdigest())
+        session.commit()
+    except crud.IdempotencyMismatch:
+        raise HTTPException(422, [{"loc": ["header", "Idempotency-Key"], "type": "idempotency_mismatch",
+                                   "msg": "this Idempotency-Key was used with a different request body"}])
+    except IntegrityError:  # a concurrent request with the same key won the insert
+        session.rollback()
+        raise HTTPException(409, "A request with this Idempotency-Key is being processed")
+    if created:
+        publish_and_mark(settings, publisher, job.id, job.queue)
+        session.refresh(job)
+    else:
+        response.status_code = status.HTTP_200_OK
+    return to_public(job)
+
+
+@router.get("", response_model=JobsPublic)
+def read_jobs(key: CurrentKey, session: SessionDep,
+              status_: Annotated[Literal["queued", "running", "succeeded", "failed", "cancelled"] | None,
+                                 Query(alias="status")] = None,
+              tag: Annotated[str | None, Query(max_length=100)] = None,
+              limit: Annotated[int, Query(ge=1, le=200)] = 50, offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+              ) -> Any:
+    """List the team's jobs, newest first."""
+    jobs, count = crud.list_jobs(session, None if key.role == "admin" else key.team, status_, tag, limit, offset)
+    return JobsPublic(data=[to_public(job) for job in jobs], count=count)
+
+
+@router.get("/{job_id}", response_model=JobPublic)
+def read_job(job: OwnedJob) -> Any:
+    """Status, progress (epoch, step, ETA), the CO verdict so far, and the error if any."""
+    return to_public(job)
+
+
+@router.post("/{job_id}/cancel", status_code=status.HTTP_202_ACCEPTED, response_model=JobPublic)
+def cancel_job(job: OwnedJob, session: SessionDep) -> Any:
+    """Queued jobs never start; running ones checkpoint and stop at the next step boundary."""
+    try:
+        return to_public(crud.request_cancel(session, job))
+    except crud.NotCancellable:
+        raise HTTPException(409, f"Job already {job.status}")
+
+
+@router.get("/{job_id}/events", responses={200: {"content": {"text/event-stream": {}}}})
+async def job_events(job: OwnedJob, request: Request, settings: SettingsDep,
+                     last_event_id: Annotated[int | None, Header(ge=0)] = None) -> StreamingResponse:
+    """Server-Sent Events: status, progress, epoch and monitor metrics, CO onset. Resumable with
+    Last-Event-ID; the stream ends after the job's final status."""
+    return StreamingResponse(_event_stream(settings.database, job.id, last_event_id or 0, request),
+                             media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+async def _event_stream(database: str, job_id: str, after: int, request: Request) -> AsyncIterator[str]:
+    idle = 0.0
+    while not await request.is_disconnected():
+        events, finished = await run_in_threadpool(_next_events, database, job_id, after)
+        for event in events:
+            after = event[0]
+            yield f"id: {event[0]}\nevent: {event[1]}\ndata: {json.dumps(event[2])}\n\n"
+        if finished and not events:
+            return
+        if not events:
+            idle += SSE_POLL_SECONDS
+            if idle >= 15:
+                yield ": keep-alive\n\n"
+                idle = 0.0
+            await asyncio.sleep(SSE_POLL_SECONDS)
+        else:
+            idle = 0.0
+
+
+def _next_events(database: str, job_id: str, after: int) -> tuple[list[tuple[int, str, dict[str, Any]]], bool]:
+    with session_scope(database) as session:
+        job = session.get(Job, job_id)
+        finished = job is None or job.status in FINISHED_STATES  # read before the events: none can be missed
+        events = [(e.id, e.type, e.data) for e in crud.events_after(session, job_id, after)]
+    return events, finished
+
+
+@router.get("/{job_id}/report")
+def read_report(job: OwnedJob) -> Any:
+    """The run's report.json (with the CO section), once the job succeeded."""
+    if job.report is None:
+        raise HTTPException(404, "Report not available")
+    return job.report
+
+
+@router.get("/{job_id}/metrics", response_model=MetricsPublic,
+            responses={200: {"content": {"text/csv": {}}}})
+def read_metrics(job: OwnedJob, session: SessionDep,
+                 kind: Annotated[Literal["train", "epoch", "monitor"] | None, Query()] = None,
+                 format_: Annotated[Literal["json", "csv"], Query(alias="format")] = "json") -> Any:
+    """Metrics rows (train steps, epochs, monitor checks) as JSON or CSV."""
+    rows = crud.job_metrics(session, job.id, kind)
+    if format_ == "json":
+        return MetricsPublic(data=rows)
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    return Response(buffer.getvalue(), media_type="text/csv")
+
+
+@router.get("/{job_id}/artifacts", response_model=ArtifactsPublic)
+def read_artifacts(job: OwnedJob, settings: SettingsDep) -> Any:
+    """The files of the job's run folder that can be downloaded."""
+    folder = settings.artifacts / job.id
+    present = [Artifact(name=name, size=(folder / name).stat().st_size) for name in ARTIFACTS
+               if (folder / name).is_file()]
+    return ArtifactsPublic(data=present)
+
+
+@router.get("/{job_id}/artifacts/{name}", response_class=FileResponse)
+def read_artifact(job: OwnedJob, settings: SettingsDep, name: str) -> Any:
+    """One artifact by name: only the fixed names above, never a path."""
+    path = settings.artifacts / job.id / name
+    if name not in ARTIFACTS or not path.is_file():
+        raise HTTPException(404, "Artifact not found")
+    return FileResponse(path, filename=name)

@@ -1,0 +1,106 @@
+"""``coscope serve``, ``coscope worker`` and ``coscope keys create``: the service's process entry points."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+from typing import Any
+
+
+def add_service_commands(commands: Any) -> None:
+    serve = commands.add_parser("serve", help="run the HTTP API (with an embedded worker by default)")
+    serve.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=None, help="port (default 8000)")
+    mode = serve.add_mutually_exclusive_group()
+    mode.add_argument("--worker", dest="worker", action="store_true", default=None,
+                      help="also run a worker process (the default without COSCOPE_BROKER_URL)")
+    mode.add_argument("--no-worker", dest="worker", action="store_false", help="API only")
+
+    worker = commands.add_parser("worker", help="run a Celery worker: one job at a time, a fresh child per job")
+    worker.add_argument("--queues", default="gpu,cpu", help="comma-separated queues (default gpu,cpu)")
+    worker.add_argument("--name", default=None, help="worker node name (default gpu<CUDA_VISIBLE_DEVICES>|cpu)")
+
+    keys = commands.add_parser("keys", help="manage API keys")
+    key_commands = keys.add_subparsers(dest="keys_command", required=True)
+    create = key_commands.add_parser("create", help="create a key and print it (only the hash is stored)")
+    create.add_argument("--name", required=True)
+    create.add_argument("--team", default="default")
+    create.add_argument("--role", choices=("member", "admin"), default="member")
+
+
+def run_service_command(args: argparse.Namespace) -> int:
+    from api.settings import get_settings
+
+    settings = get_settings()
+    if args.command == "keys":
+        from api import crud
+        from api.db import session_scope
+
+        with session_scope(settings.database) as session:
+            _, key = crud.create_key(session, args.name, args.team, args.role)
+        sys.stdout.write(key + "\n")
+        return 0
+    if args.command == "worker":
+        os.execv(sys.executable, worker_command(args.queues, args.name))
+    return _serve(args, settings)
+
+
+def worker_command(queues: str, name: str | None) -> list[str]:
+    node = name or (f"gpu{os.environ['CUDA_VISIBLE_DEVICES']}" if os.environ.get("CUDA_VISIBLE_DEVICES") else "cpu")
+    return [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--queues", queues,
+            "--concurrency", "1", "--prefetch-multiplier", "1", "--max-tasks-per-child", "1", "-O", "fair",
+            "--hostname", f"{node}-{os.getpid()}@%h", "--loglevel", "INFO"]
+
+
+def _first_key(settings: Any) -> str | None:
+    """On a store with no keys, create an admin key and write it to HOME/api-key (mode 600)."""
+    from sqlalchemy import func, select
+
+    from api import crud
+    from api.db import session_scope
+    from api.models import ApiKey
+
+    with session_scope(settings.database) as session:
+        if session.scalar(select(func.count()).select_from(ApiKey)):
+            return None
+        _, key = crud.create_key(session, "first-admin", "default", "admin")
+    path = settings.home / "api-key"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(key + "\n")
+    return str(path)
+
+
+def _serve(args: argparse.Namespace, settings: Any) -> int:
+    import uvicorn
+
+    from api.main import create_app
+
+    host, port = args.host or settings.host, args.port or settings.port
+    settings.home.mkdir(parents=True, exist_ok=True)
+    key_file = _first_key(settings)
+    embedded = settings.broker_url is None
+    worker = None
+    if args.worker or (args.worker is None and embedded):
+        worker = subprocess.Popen(worker_command("gpu,cpu", "embedded"), start_new_session=True)
+    sys.stderr.write(
+        f"coscope API on http://{host}:{port} (OpenAPI docs: http://{host}:{port}/docs)\n"
+        f"job store {settings.database.split('@')[-1]}, broker {settings.broker.split('@')[-1]}, "
+        f"{'embedded worker' if worker else 'no worker in this process'}\n"
+        + (f"first admin API key written to {key_file}; clients read it from there, or send "
+           f"'Authorization: Bearer <key>'\n" if key_file else
+           "authenticate with 'Authorization: Bearer <key>' (create keys with 'coscope keys create')\n"))
+    try:
+        uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+    finally:
+        if worker is not None:
+            os.killpg(worker.pid, signal.SIGTERM)
+            try:
+                worker.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(worker.pid, signal.SIGKILL)
+    return 0

@@ -1,0 +1,161 @@
+"""Run one job: claim it with a compare-and-set, hold its lease with a heartbeat, train, write once.
+
+Every write carries the attempt number (``api.crud`` fences them), so a worker that lost its lease
+(paused, partitioned, or overtaken by the reconciler) cannot overwrite a newer attempt: its next write
+raises ``StaleAttempt``, the cancel check then stops the trainer, and it leaves quietly.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from api import crud
+from api.db import session_scope
+from api.models import Job
+from api.settings import Settings
+
+log = logging.getLogger("coscope.worker")
+FLUSH_SECONDS = 1.0  # progress events are batched; epoch, monitor and CO events flush at once
+URGENT_EVENTS = {"epoch", "monitor", "co_onset", "started"}
+
+
+class Lease:
+    """Heartbeat thread: renews the lease and picks up cancel requests."""
+
+    def __init__(self, settings: Settings, job_id: str, attempt: int) -> None:
+        self.settings, self.job_id, self.attempt = settings, job_id, attempt
+        self.cancel_requested = False
+        self.lost = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"lease-{job_id}", daemon=True)
+
+    def __enter__(self) -> Lease:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.settings.heartbeat):
+            try:
+                with session_scope(self.settings.database) as session:
+                    if crud.heartbeat(session, self.job_id, self.attempt, self.settings.lease_seconds):
+                        self.cancel_requested = True
+            except crud.StaleAttempt:
+                self.lost = True
+                return
+            except Exception:  # a database blip: the lease outlives a few missed beats
+                log.exception("heartbeat failed for job %s", self.job_id)
+
+    def should_stop(self) -> bool:
+        return self.cancel_requested or self.lost
+
+
+class Reporter:
+    """Buffers trainer events and writes them, fenced by attempt, in small batches."""
+
+    def __init__(self, settings: Settings, job_id: str, attempt: int, lease: Lease) -> None:
+        self.settings, self.job_id, self.attempt, self.lease = settings, job_id, attempt, lease
+        self.metrics: list[dict[str, Any]] = []
+        self.events: list[tuple[str, dict[str, Any]]] = []
+        self.progress: dict[str, Any] | None = None
+        self.co: dict[str, Any] | None = None
+        self.last_flush = 0.0
+        self.started = time.monotonic()
+        self.first_step: int | None = None
+
+    def on_event(self, event: dict[str, Any]) -> None:
+        kind = event["type"]
+        if kind in ("started", "progress"):
+            self._progress(event)
+        elif kind in ("metrics", "epoch", "monitor"):
+            row = {key: value for key, value in event.items() if key != "type"}
+            self.metrics.append(row)
+            if kind != "metrics":
+                self.events.append((kind, row))
+        elif kind == "co_onset":
+            self.co = {"detected": True, **{k: v for k, v in event.items() if k != "type"}}
+            self.events.append(("co_onset", self.co))
+        if kind in URGENT_EVENTS or time.monotonic() - self.last_flush > FLUSH_SECONDS:
+            self.flush()
+
+    def _progress(self, event: dict[str, Any]) -> None:
+        step, total = event["step"], event["total_steps"]
+        if self.first_step is None:
+            self.first_step, self.started = step, time.monotonic()
+        done = step - self.first_step
+        rate = done / max(time.monotonic() - self.started, 1e-9)
+        eta = (total - step) / rate if done > 0 else None
+        self.progress = {"epoch": event["epoch"], "step": step, "total_steps": total, "eta_seconds": eta,
+                         "attempt": self.attempt}
+
+    def flush(self) -> None:
+        if self.lease.lost:
+            return
+        if self.progress is not None:
+            self.events.append(("progress", self.progress))
+        try:
+            with session_scope(self.settings.database) as session:
+                crud.record(session, self.job_id, self.attempt, progress=self.progress, metrics=self.metrics,
+                            events=self.events, co=self.co)
+        except crud.StaleAttempt:
+            self.lease.lost = True  # the cancel check stops the trainer at the next step
+        self.metrics, self.events, self.progress, self.co = [], [], None, None
+        self.last_flush = time.monotonic()
+
+
+def run(job_id: str, settings: Settings, worker: str) -> str:
+    with session_scope(settings.database) as session:
+        claimed = crud.claim(session, job_id, worker, settings.lease_seconds, settings.max_attempts)
+        job = session.get(Job, job_id)
+        spec_data = job.spec if job is not None else None
+    if claimed.outcome != "claimed":
+        log.info("job %s not run: %s", job_id, claimed.outcome)
+        return claimed.outcome
+    attempt = claimed.attempt
+    with Lease(settings, job_id, attempt) as lease:
+        reporter = Reporter(settings, job_id, attempt, lease)
+        outcome = _train(settings, job_id, attempt, spec_data, lease, reporter)
+    return outcome
+
+
+def _train(settings: Settings, job_id: str, attempt: int, spec_data: Any, lease: Lease, reporter: Reporter) -> str:
+    from core.errors import Cancelled, CheckpointError, DatasetNotFound, DivergedError, SpecError
+    from core.spec import JobSpec
+    from core.trainer import Callbacks, select_device, train
+
+    out = settings.artifacts / job_id
+    status, fields = "failed", {}
+    try:
+        spec = JobSpec.model_validate(spec_data)
+        report = train(spec, out, select_device("auto"), data_root=settings.datasets,
+                       callbacks=Callbacks(on_event=reporter.on_event, should_stop=lease.should_stop),
+                       resume=(out / "checkpoint.pt").exists())
+        reporter.flush()
+        status, fields = "succeeded", {"report": report}
+    except Cancelled:
+        reporter.flush()
+        if lease.lost:
+            return "stale"
+        status = "cancelled"
+    except DivergedError as error:  # deterministic: a retry would diverge again
+        fields = {"error_code": "diverged", "error_message": str(error)}
+    except (SpecError, DatasetNotFound, CheckpointError) as error:
+        fields = {"error_code": type(error).__name__, "error_message": str(error)}
+    except crud.StaleAttempt:
+        return "stale"
+    except Exception as error:
+        log.exception("job %s failed", job_id)
+        fields = {"error_code": "internal_error",  # details stay in the worker log, not in the API
+                  "error_message": f"{type(error).__name__} in the worker; see its log"}
+    try:
+        with session_scope(settings.database) as session:
+            crud.finish(session, job_id, attempt, status, **fields)
+    except crud.StaleAttempt:
+        return "stale"
+    return status
