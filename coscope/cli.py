@@ -20,18 +20,23 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    report = commands.add_parser("report", help="print a run's CO verdict and render its plots again")
-    report.add_argument("run_dir", help="run folder written by coscope train")
+    report = commands.add_parser("report", help="print a run's or a job's CO verdict (and render plots)")
+    report.add_argument("run_dir", help="run folder written by coscope train, or a job id on the server")
 
     validate = commands.add_parser("validate", help="check a job spec and print it with defaults resolved")
     validate.add_argument("spec")
 
+    from coscope.client_cli import CLIENT_COMMANDS, add_client_commands, add_connection_options, run_client_command
     from coscope.service_cli import add_service_commands, run_service_command
 
     add_service_commands(commands)
+    add_client_commands(commands)
+    add_connection_options(report)
     args = parser.parse_args(argv)
     if args.command in ("serve", "worker", "keys"):
         return run_service_command(args)
+    if args.command in CLIENT_COMMANDS:
+        return run_client_command(args)
     if args.command == "train":
         return _train(args)
     if args.command == "report":
@@ -45,6 +50,10 @@ def _report(args: argparse.Namespace) -> int:
     from core.report import render_run
 
     run_dir = Path(args.run_dir)
+    if not run_dir.is_dir():  # not a local run folder: a job on the server
+        from coscope.client_cli import show_report
+
+        return show_report(args.run_dir, args.server, args.key)
     if not (run_dir / "report.json").is_file() or not (run_dir / "metrics.jsonl").is_file():
         sys.stderr.write(f"coscope: {run_dir} has no report.json and metrics.jsonl (is the run finished?)\n")
         return 2

@@ -1,0 +1,191 @@
+"""docker-compose.yml and the Dockerfiles, checked statically (no Docker engine needed)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from api.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+SERVICES = {"api", "worker", "redis", "postgres", "flower"}
+NON_SETTINGS_ENV = {"CUDA_VISIBLE_DEVICES"}  # read by CUDA, not by coscope
+SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|CREDENTIAL|API_KEY|BASIC_AUTH|PRIVATE", re.IGNORECASE)
+INTERPOLATION = re.compile(r"\$\{(\w+)([^}]*)\}")
+DUMMY_SECRET = "0123456789abcdef0123456789abcdef"
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load(COMPOSE_FILE.read_text())
+    return loaded
+
+
+def environment(service: dict[str, Any]) -> dict[str, str]:
+    env = service.get("environment") or {}
+    if isinstance(env, list):  # the KEY=VALUE list form
+        env = dict(item.split("=", 1) for item in env)
+    return {name: str(value) for name, value in env.items()}
+
+
+def interpolate(value: str) -> str:
+    return INTERPOLATION.sub(DUMMY_SECRET, value)
+
+
+def dockerfiles(compose: dict[str, Any]) -> dict[str, Path]:
+    found = {}
+    for name, service in compose["services"].items():
+        if "build" in service:
+            build = service["build"]
+            context = ROOT / (build if isinstance(build, str) else build.get("context", "."))
+            dockerfile = build.get("dockerfile", "Dockerfile") if isinstance(build, dict) else "Dockerfile"
+            found[name] = context / dockerfile
+    return found
+
+
+def instructions(dockerfile: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
+    text = re.sub(r"\\\n", " ", "\n".join(line for line in dockerfile.read_text().splitlines()
+                                          if not line.lstrip().startswith("#")))
+    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1] if " " in line.strip() else "")
+            for line in (raw.strip() for raw in text.splitlines()) if line]
+
+
+def test_compose_defines_the_five_services(compose: dict[str, Any]) -> None:
+    assert set(compose["services"]) == SERVICES
+
+
+@pytest.mark.parametrize("name", ["api", "worker"])
+def test_coscope_env_names_are_settings_fields(compose: dict[str, Any], name: str) -> None:
+    allowed = {f"COSCOPE_{field.upper()}" for field in Settings.model_fields} | NON_SETTINGS_ENV
+    env = environment(compose["services"][name])
+    assert set(env) - allowed == set()
+    required = {"COSCOPE_DATABASE_URL", "COSCOPE_BROKER_URL", "COSCOPE_WEBHOOK_SECRET", "COSCOPE_HOME"}
+    assert required <= set(env)
+    assert env["COSCOPE_ENV"] == "production"
+
+
+@pytest.mark.parametrize("name", ["api", "worker"])
+def test_coscope_env_makes_valid_production_settings(compose: dict[str, Any], name: str) -> None:
+    env = environment(compose["services"][name])
+    fields = {key.removeprefix("COSCOPE_").lower(): interpolate(value) for key, value in env.items()
+              if key.startswith("COSCOPE_")}
+    settings = Settings.model_validate(fields)  # validators included, the test's environment left out
+    assert settings.database.startswith("postgresql://coscope:")
+    assert settings.broker == "redis://redis:6379/0"
+
+
+def test_api_and_worker_share_the_artifacts_volume_at_coscope_home(compose: dict[str, Any]) -> None:
+    for name in ("api", "worker"):
+        service = compose["services"][name]
+        assert f"artifacts:{environment(service)['COSCOPE_HOME']}" in service["volumes"]
+    assert "artifacts" in compose["volumes"]
+
+
+def test_every_interpolation_is_required_without_a_default() -> None:
+    found = INTERPOLATION.findall(COMPOSE_FILE.read_text())
+    assert {name for name, _ in found} >= {"POSTGRES_PASSWORD", "COSCOPE_WEBHOOK_SECRET", "FLOWER_BASIC_AUTH"}
+    for name, modifier in found:
+        assert modifier.startswith(":?"), f"${{{name}{modifier}}} must be required (${{{name}:?...}})"
+
+
+def test_secret_looking_env_values_come_from_required_variables(compose: dict[str, Any]) -> None:
+    for name, service in compose["services"].items():
+        for key, value in environment(service).items():
+            if SECRET_NAME.search(key):
+                assert re.fullmatch(r"\$\{\w+:\?[^}]*\}", value), f"{name}.{key} must be ${{VAR:?...}}"
+    url = environment(compose["services"]["api"])["COSCOPE_DATABASE_URL"]
+    assert "${POSTGRES_PASSWORD:?" in url
+
+
+def test_worker_reserves_one_gpu(compose: dict[str, Any]) -> None:
+    worker = compose["services"]["worker"]
+    devices = worker["deploy"]["resources"]["reservations"]["devices"]
+    assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
+    assert environment(worker)["CUDA_VISIBLE_DEVICES"] == "0"
+    assert "--queues" in worker["command"] and "gpu" in worker["command"]
+
+
+def test_api_runs_without_an_embedded_worker(compose: dict[str, Any]) -> None:
+    api = compose["services"]["api"]
+    assert "--no-worker" in api["command"] and "0.0.0.0" in api["command"]
+    assert any(str(port).endswith("8000") for port in api["ports"])
+
+
+def test_redis_persists_and_never_evicts(compose: dict[str, Any]) -> None:
+    command = " ".join(compose["services"]["redis"]["command"])
+    assert "--appendonly yes" in command
+    assert "--maxmemory-policy noeviction" in command
+    assert compose["services"]["redis"]["volumes"]
+
+
+@pytest.mark.parametrize("name,probe",
+                         [("postgres", "pg_isready"), ("redis", "redis-cli"), ("api", "/healthz")])
+def test_healthchecks(compose: dict[str, Any], name: str, probe: str) -> None:
+    test = compose["services"][name]["healthcheck"]["test"]
+    assert probe in " ".join(test if isinstance(test, list) else [test])
+
+
+def test_dependencies_wait_for_healthy_services(compose: dict[str, Any]) -> None:
+    for name in ("api", "worker", "flower"):
+        depends_on = compose["services"][name]["depends_on"]
+        assert isinstance(depends_on, dict), f"{name}: depends_on needs conditions"
+        assert {dependency["condition"] for dependency in depends_on.values()} == {"service_healthy"}
+    assert set(compose["services"]["api"]["depends_on"]) == {"postgres", "redis"}
+
+
+def test_flower_requires_basic_auth(compose: dict[str, Any]) -> None:
+    flower = compose["services"]["flower"]
+    assert "--broker=redis://redis:6379/0" in flower["command"]
+    assert environment(flower)["FLOWER_BASIC_AUTH"].startswith("${FLOWER_BASIC_AUTH:?")
+
+
+def test_builds_point_at_existing_dockerfiles(compose: dict[str, Any]) -> None:
+    found = dockerfiles(compose)
+    assert set(found) == {"api", "worker"}
+    for path in found.values():
+        assert path.is_file(), path
+
+
+def test_dockerfiles_bake_in_no_secrets_and_run_as_non_root(compose: dict[str, Any]) -> None:
+    for path in dockerfiles(compose).values():
+        steps = instructions(path)
+        for instruction, arguments in steps:
+            if instruction in ("ENV", "ARG"):
+                names = re.findall(r"(?:^|\s)([A-Za-z_]\w*)(?==|\s|$)", arguments)
+                assert not [name for name in names if SECRET_NAME.search(name)], f"{path.name}: {arguments}"
+        final_stage = steps[max(i for i, (instruction, _) in enumerate(steps) if instruction == "FROM"):]
+        users = [arguments for instruction, arguments in final_stage if instruction == "USER"]
+        assert users, f"{path.name}: the final stage sets no USER"
+        assert users[-1].split(":")[0] not in ("root", "0"), path.name
+
+
+def test_dockerfiles_copy_only_allow_listed_paths(compose: dict[str, Any]) -> None:
+    allowed = {line[1:].rstrip("/") for line in (ROOT / ".dockerignore").read_text().splitlines()
+               if line.startswith("!")}
+    for path in dockerfiles(compose).values():
+        for instruction, arguments in instructions(path):
+            if instruction == "COPY" and "--from" not in arguments:
+                sources = arguments.split()[:-1]
+                for source in sources:
+                    assert (ROOT / source).exists(), f"{path.name}: COPY {source}"
+                    assert source.rstrip("/") in allowed, f"{path.name}: .dockerignore excludes {source}"
+
+
+def test_docker_compose_config_accepts_the_file() -> None:
+    docker = shutil.which("docker")
+    if docker is None or subprocess.run([docker, "compose", "version"], capture_output=True,
+                                        timeout=10).returncode != 0:
+        pytest.skip("the docker compose plugin is not installed")
+    env = {"PATH": "/usr/bin:/bin", "POSTGRES_PASSWORD": DUMMY_SECRET, "COSCOPE_WEBHOOK_SECRET": DUMMY_SECRET,
+           "FLOWER_BASIC_AUTH": f"admin:{DUMMY_SECRET}"}
+    result = subprocess.run([docker, "compose", "-f", str(COMPOSE_FILE), "config", "--quiet"],
+                            capture_output=True, text=True, timeout=20, env=env, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
