@@ -68,9 +68,10 @@ class Stack:
         self.processes.append(process)
         return process
 
-    def start_api(self, embedded_worker: bool = False) -> None:
-        self._spawn("serve", "--port", str(self.port), "--worker" if embedded_worker else "--no-worker",
-                    log="api.log")
+    def start_api(self, worker: bool | None = False) -> None:
+        """``coscope serve``; ``worker`` None passes no flag (the default: a worker when embedded)."""
+        flags = [] if worker is None else ["--worker" if worker else "--no-worker"]
+        self._spawn("serve", "--port", str(self.port), *flags, log="api.log")
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
