@@ -11,13 +11,7 @@ from core.attacks import evaluating, fgsm, pgd
 EPS = 8 / 255
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny tensors: one intra-op thread avoids oversubscription slowdowns on a busy 2-core machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def linear_model(in_shape: tuple[int, int, int] = (3, 8, 8), classes: int = 10, seed: int = 0) -> nn.Module:

@@ -28,13 +28,7 @@ from core.interventions import (
 SHAPE = (3, 32, 32)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Small tensors: one intra-op thread avoids oversubscription slowdowns on a busy 2-core machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")
 DIM = 3 * 32 * 32  # 3072
 
 
