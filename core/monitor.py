@@ -24,9 +24,8 @@ from core.data import Dataset
 from core.evaluate import InputTransform
 from core.interventions import carrier_basis, carrier_only_probe, carriers, inject
 from core.probes import carrier_share, linearity_error, top_hessian_eigenvalue
-from core.spec import JobSpec
+from core.spec import PER_255, JobSpec
 
-PER_255 = 1.0 / 255.0
 CURVATURE_IMAGES = 32  # monitor images used by the (costly) Hessian probe
 
 

@@ -18,6 +18,7 @@ DatasetName = Literal["cifar10", "cifar100", "svhn", "mnist", "fashion_mnist", "
 InterventionKind = Literal["none", "inject", "inject_orthogonal", "low_pass", "high_pass"]
 Method = Literal["standard", "fgsm", "rs_fgsm", "n_fgsm", "grad_align", "pgd"]
 
+PER_255 = 1.0 / 255.0  # spec units (/255) -> [0, 1] pixel units
 Per255 = Annotated[float, Field(ge=0.0, le=255.0)]  # a pixel-scale quantity in /255 units
 Subset = Annotated[int, Field(ge=1, le=10_000_000)]
 

@@ -33,9 +33,8 @@ from core.models import build_model
 from core.monitor import Monitor
 from core.report import write_run_summary
 from core.schedule import lr_and_momentum
-from core.spec import JobSpec, TrainingSpec
+from core.spec import PER_255, JobSpec, TrainingSpec
 
-PER_255 = 1.0 / 255.0  # spec units -> [0, 1] pixel units
 EPOCH_TEST_IMAGES = 1000  # test images for the per-epoch clean accuracy (cheap, no attack)
 CHECKPOINT, BEST_CHECKPOINT = "checkpoint.pt", "best.pt"
 SUM_SLOTS = ("loss", "adv_correct", "clean_correct", "clean_seen", "seen")
