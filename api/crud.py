@@ -35,6 +35,10 @@ class NotCancellable(Exception):
     """The job already finished."""
 
 
+class QuotaExceeded(Exception):
+    """The team already has its maximum number of queued and running jobs."""
+
+
 # ---- Keys -------------------------------------------------------------------------------------------
 
 
@@ -56,12 +60,27 @@ def key_for(session: Session, key: str) -> ApiKey | None:
     return row if row is not None and not row.revoked else None
 
 
+def list_keys(session: Session) -> list[ApiKey]:
+    return list(session.scalars(select(ApiKey).order_by(ApiKey.created_at, ApiKey.id)))
+
+
+def revoke_key(session: Session, key_id: str) -> ApiKey | None:
+    row = session.get(ApiKey, key_id)
+    if row is not None:
+        row.revoked = True
+        session.flush()
+    return row
+
+
 # ---- Jobs (API side) --------------------------------------------------------------------------------
 
 
 def create_job(session: Session, owner: ApiKey, spec: dict[str, Any], *, name: str | None, tags: list[str],
-               priority: int, queue: str, idempotency_key: str | None, request_hash: str) -> tuple[Job, bool]:
-    """Insert a queued job, or return the one created earlier with the same idempotency key and body."""
+               priority: int, queue: str, idempotency_key: str | None, request_hash: str,
+               callback_url: str | None = None, max_active: int | None = None) -> tuple[Job, bool]:
+    """Insert a queued job, or return the one created earlier with the same idempotency key and body.
+    With ``max_active``, a team already holding that many queued and running jobs gets ``QuotaExceeded``
+    (a replay of an existing job does not count)."""
     if idempotency_key is not None:
         existing = session.scalar(select(Job).where(Job.owner_key_id == owner.id,
                                                     Job.idempotency_key == idempotency_key))
@@ -69,12 +88,21 @@ def create_job(session: Session, owner: ApiKey, spec: dict[str, Any], *, name: s
             if existing.request_hash != request_hash:
                 raise IdempotencyMismatch(idempotency_key)
             return existing, False
+    if max_active is not None and active_jobs(session, owner.team) >= max_active:
+        raise QuotaExceeded(owner.team)
     job = Job(team=owner.team, owner_key_id=owner.id, spec=spec, name=name, tags=tags, priority=priority,
-              queue=queue, idempotency_key=idempotency_key, request_hash=request_hash, status="queued")
+              queue=queue, idempotency_key=idempotency_key, request_hash=request_hash, status="queued",
+              callback_url=callback_url)
     session.add(job)
     session.flush()  # a concurrent duplicate key fails here with IntegrityError
     add_event(session, job.id, 0, "status", {"status": "queued"})
     return job, True
+
+
+def active_jobs(session: Session, team: str) -> int:
+    """Queued and running jobs of the team."""
+    return session.scalar(select(func.count()).select_from(Job)
+                          .where(Job.team == team, Job.status.in_(("queued", "running")))) or 0
 
 
 def mark_enqueued(session: Session, job_id: str) -> None:
@@ -114,6 +142,18 @@ def request_cancel(session: Session, job: Job) -> Job:
         add_event(session, job.id, job.attempt, "cancel_requested", {})
     session.flush()
     return job
+
+
+def purge_queued(session: Session, queue: str | None = None) -> list[str]:
+    """Cancel every queued job (of one queue, or all) in one conditional UPDATE, so a job a worker claims
+    meanwhile keeps running; a later claim skips the cancelled ones. Returns their ids."""
+    condition = (Job.status == "queued") if queue is None else (Job.status == "queued") & (Job.queue == queue)
+    rows = session.execute(update(Job).where(condition)
+                           .values(status="cancelled", cancel_requested=True, finished_at=utcnow())
+                           .returning(Job.id, Job.attempt).execution_options(synchronize_session=False)).all()
+    for job_id, attempt in rows:
+        add_event(session, job_id, attempt, "status", {"status": "cancelled", "reason": "purged by an admin"})
+    return [job_id for job_id, _ in rows]
 
 
 def add_event(session: Session, job_id: str, attempt: int, kind: str, data: dict[str, Any]) -> None:
@@ -231,9 +271,11 @@ def _finish(session: Session, job: Job, status: str, code: str | None, message: 
 # ---- Reconciler -------------------------------------------------------------------------------------
 
 
-def jobs_to_requeue(session: Session, max_attempts: int, requeue_queued_after: float) -> list[str]:
+def jobs_to_requeue(session: Session, max_attempts: int, requeue_queued_after: float,
+                    finished: list[str] | None = None) -> list[str]:
     """Running jobs whose lease expired go back to queued (or fail past the attempt cap); queued jobs
-    whose message may have been lost (broker restarted or flushed) are listed for a new message."""
+    whose message may have been lost (broker restarted or flushed) are listed for a new message. The ids
+    of jobs this pass finished (cancelled or failed) are appended to ``finished``."""
     now = utcnow()
     expired = session.scalars(select(Job).where(Job.status == "running", Job.lease_expires_at < now)).all()
     requeue: list[str] = []
@@ -243,6 +285,9 @@ def jobs_to_requeue(session: Session, max_attempts: int, requeue_queued_after: f
         elif job.attempt >= max_attempts:
             _finish(session, job, "failed", "attempts_exhausted",
                     f"the worker was lost {job.attempt} times (limit {max_attempts})")
+        if job.status in FINISHED_STATES:
+            if finished is not None:
+                finished.append(job.id)
         else:
             job.status, job.lease_owner = "queued", None
             add_event(session, job.id, job.attempt, "status", {"status": "queued", "reason": "lease expired"})

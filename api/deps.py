@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from typing import Annotated
 
@@ -47,6 +48,21 @@ def get_owned_job(session: SessionDep, key: CurrentKey, job_id: Annotated[str, P
 
 
 OwnedJob = Annotated[Job, Depends(get_owned_job)]
+
+
+def require_admin(key: CurrentKey) -> ApiKey:
+    """Admin routes: 403 for members (the routes are documented, so hiding them behind 404 hides nothing)."""
+    if key.role != "admin":
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "Admin role required")
+    return key
+
+
+def limit_submissions(request: Request, key: CurrentKey) -> None:
+    """Per-team token bucket on job submissions (api/limits.py); 429 with Retry-After when empty."""
+    wait = request.app.state.limiter.acquire(key.team)
+    if wait:
+        raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, "Too many job submissions for this team",
+                            headers={"Retry-After": str(max(1, math.ceil(wait)))})
 
 
 def get_publisher(request: Request):  # type: ignore[no-untyped-def]

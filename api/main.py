@@ -1,7 +1,8 @@
-"""The FastAPI application. ``create_app`` wires settings, the publisher and the reconciler."""
+"""The FastAPI application. ``create_app`` wires settings, the publisher, the reconciler and the limits."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -10,9 +11,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from api.db import get_engine
+from api.limits import BodySizeLimit, RateLimiter
 from api.queue import Publisher, Reconciler
-from api.routes import health, jobs
+from api.routes import admin, health, jobs
 from api.settings import Settings, get_settings
+
+log = logging.getLogger("coscope.api")
 
 
 def create_app(settings: Settings | None = None, reconcile: bool = True) -> FastAPI:
@@ -29,14 +33,21 @@ def create_app(settings: Settings | None = None, reconcile: bool = True) -> Fast
         if reconciler is not None:
             reconciler.stopped.set()
 
+    docs = settings.docs_enabled  # production serves no /docs, /redoc, /openapi.json unless COSCOPE_DOCS=1
     app = FastAPI(title="coscope", version="1", lifespan=lifespan,
+                  docs_url="/docs" if docs else None, redoc_url="/redoc" if docs else None,
+                  openapi_url="/openapi.json" if docs else None,
                   description="Adversarial-training jobs with catastrophic-overfitting onset reports. "
                               "Authenticate with `Authorization: Bearer <key>` (`coscope keys create`).")
     app.state.publisher = Publisher(settings)
+    app.state.limiter = RateLimiter(settings.team_submits_per_minute)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(Exception, internal_error)
     app.dependency_overrides[get_settings] = lambda: settings
     app.include_router(health.router)
     app.include_router(jobs.router)
+    app.include_router(admin.router)
     return app
 
 
@@ -47,3 +58,9 @@ async def validation_error(request: Request, error: Exception) -> JSONResponse:
     detail = [{"loc": list(problem["loc"]), "msg": problem["msg"], "type": problem["type"]}
               for problem in error.errors()]
     return JSONResponse({"detail": detail}, status_code=422)
+
+
+async def internal_error(request: Request, error: Exception) -> JSONResponse:
+    """A generic 500: no traceback, path or exception text reaches the client (it stays in the log)."""
+    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=error)
+    return JSONResponse({"detail": "Internal server error"}, status_code=500)

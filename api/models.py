@@ -62,6 +62,7 @@ class Job(Base):
     error_message: Mapped[str | None] = mapped_column(Text)
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
     request_hash: Mapped[str | None] = mapped_column(String(64))
+    callback_url: Mapped[str | None] = mapped_column(String(2000))  # webhook; checked at submit and at send
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, index=True)
     enqueued_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
     started_at: Mapped[dt.datetime | None] = mapped_column(DateTime)

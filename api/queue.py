@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from api import crud
+from api import crud, webhooks
 from api.db import session_scope
 from api.settings import Settings
 
@@ -66,10 +66,13 @@ class Reconciler(threading.Thread):
                 log.exception("reconcile pass failed")
 
     def reconcile_once(self) -> list[str]:
+        finished: list[str] = []
         with session_scope(self.settings.database) as session:
             ids = crud.jobs_to_requeue(session, self.settings.max_attempts,
-                                       self.settings.requeue_queued_after_seconds)
+                                       self.settings.requeue_queued_after_seconds, finished)
             queues = crud.queues_of(session, ids)
         for job_id in ids:
             publish_and_mark(self.settings, self.publisher, job_id, queues[job_id])
+        for job_id in finished:  # cancelled or failed here, not by a worker: the webhook goes from here
+            webhooks.notify_in_background(self.settings, job_id)
         return ids

@@ -18,6 +18,7 @@ class JobCreate(BaseModel):
     tags: list[str] = Field(default_factory=list, max_length=20)
     priority: int = Field(0, ge=0, le=9)
     queue: Literal["cpu", "gpu"] | None = None  # None: gpu when the spec is paper-sized, else cpu
+    callback_url: str | None = Field(None, min_length=1, max_length=2000)  # webhook; see api/webhooks.py
 
 
 class JobError(BaseModel):
@@ -44,6 +45,47 @@ class JobPublic(BaseModel):
 
 class JobsPublic(BaseModel):
     data: list[JobPublic]
+    count: int
+
+
+class AdminJobPublic(JobPublic):
+    team: str
+
+
+class AdminJobsPublic(BaseModel):
+    data: list[AdminJobPublic]
+    count: int
+
+
+class PurgePublic(BaseModel):
+    cancelled: int
+
+
+class KeyCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=100)
+    team: str = Field("default", min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")
+    role: Literal["member", "admin"] = "member"
+
+
+class KeyPublic(BaseModel):
+    """An API key without its hash."""
+
+    id: str
+    name: str
+    team: str
+    role: str
+    created_at: dt.datetime
+    revoked: bool
+
+
+class KeyCreated(KeyPublic):
+    key: str  # shown once; only its hash is stored
+
+
+class KeysPublic(BaseModel):
+    data: list[KeyPublic]
     count: int
 
 

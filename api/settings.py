@@ -7,6 +7,7 @@ Embedded default (no servers): SQLite job store and kombu's SQLAlchemy transport
 
 from __future__ import annotations
 
+import logging
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -15,6 +16,7 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PLACEHOLDER_SECRETS = {"", "changethis", "change-me", "secret"}
+log = logging.getLogger("coscope.api")
 
 
 class Settings(BaseSettings):
@@ -33,12 +35,26 @@ class Settings(BaseSettings):
     heartbeat_seconds: float | None = None  # default: lease / 3
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
+    # Limits per team (api/limits.py). The budget is in image-passes: one forward+backward pass of one image
+    # through a width-64 PreActResNet18; the paper's 30-epoch FGSM run on 50k images costs about 9e6.
+    team_budget: float = Field(1e9, gt=0)  # the most one job may cost
+    team_max_active_jobs: int = Field(20, ge=1, le=100_000)  # queued + running jobs per team
+    team_submits_per_minute: int = Field(120, ge=1, le=100_000)  # POST /v1/jobs per team (per API process)
+    max_body_bytes: int = Field(1 << 20, ge=1024, le=1 << 30)  # larger request bodies get 413
+    docs: bool = False  # serve /docs, /redoc and /openapi.json in production too (always on in development)
 
     @model_validator(mode="after")
     def _refuse_placeholder_secrets(self) -> Settings:
-        if self.env != "development" and self.webhook_secret in PLACEHOLDER_SECRETS:
-            raise ValueError("COSCOPE_WEBHOOK_SECRET is a placeholder; set a real secret outside development")
+        if self.webhook_secret in PLACEHOLDER_SECRETS:
+            if self.env != "development":
+                raise ValueError("COSCOPE_WEBHOOK_SECRET is a placeholder; "
+                                 "set a real secret outside development")
+            _warn_once("COSCOPE_WEBHOOK_SECRET is a placeholder (allowed in development only)")
         return self
+
+    @property
+    def docs_enabled(self) -> bool:
+        return self.env == "development" or self.docs
 
     @property
     def database(self) -> str:
@@ -59,6 +75,11 @@ class Settings(BaseSettings):
     @property
     def heartbeat(self) -> float:
         return self.heartbeat_seconds or self.lease_seconds / 3
+
+
+@lru_cache
+def _warn_once(message: str) -> None:
+    log.warning(message)
 
 
 @lru_cache

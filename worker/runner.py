@@ -8,11 +8,14 @@ raises ``StaleAttempt``, the cancel check then stops the trainer, and it leaves 
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
-from api import crud
+from api import crud, webhooks
 from api.db import session_scope
 from api.models import Job
 from api.settings import Settings
@@ -83,6 +86,8 @@ class Reporter:
             self.events.append(("co_onset", self.co))
         if kind in URGENT_EVENTS or time.monotonic() - self.last_flush > FLUSH_SECONDS:
             self.flush()
+        if kind == "co_onset" and not self.lease.lost:  # recorded: tell the callback, off the training thread
+            webhooks.notify_in_background(self.settings, self.job_id, "job.co_onset")
 
     def _progress(self, event: dict[str, Any]) -> None:
         step, total = event["step"], event["total_steps"]
@@ -116,6 +121,8 @@ def run(job_id: str, settings: Settings, worker: str) -> str:
         spec_data = job.spec if job is not None else None
     if claimed.outcome != "claimed":
         log.info("job %s not run: %s", job_id, claimed.outcome)
+        if claimed.outcome == "exhausted":  # this claim failed the job
+            webhooks.notify(settings, job_id, "job.failed")
         return claimed.outcome
     attempt = claimed.attempt
     with Lease(settings, job_id, attempt) as lease:
@@ -125,6 +132,8 @@ def run(job_id: str, settings: Settings, worker: str) -> str:
 
 
 def _train(settings: Settings, job_id: str, attempt: int, spec_data: Any, lease: Lease, reporter: Reporter) -> str:
+    from celery.exceptions import SoftTimeLimitExceeded
+
     from core.errors import Cancelled, CheckpointError, DatasetNotFound, DivergedError, SpecError
     from core.spec import JobSpec
     from core.trainer import Callbacks, select_device, train
@@ -134,7 +143,8 @@ def _train(settings: Settings, job_id: str, attempt: int, spec_data: Any, lease:
     try:
         spec = JobSpec.model_validate(spec_data)
         report = train(spec, out, select_device("auto"), data_root=settings.datasets,
-                       callbacks=Callbacks(on_event=reporter.on_event, should_stop=lease.should_stop),
+                       callbacks=Callbacks(on_event=_test_faults(settings, spec.seed, reporter.on_event),
+                                           should_stop=lease.should_stop),
                        resume=(out / "checkpoint.pt").exists())
         reporter.flush()
         status, fields = "succeeded", {"report": report}
@@ -149,6 +159,9 @@ def _train(settings: Settings, job_id: str, attempt: int, spec_data: Any, lease:
         fields = {"error_code": type(error).__name__, "error_message": str(error)}
     except crud.StaleAttempt:
         return "stale"
+    except SoftTimeLimitExceeded:  # COSCOPE_JOB_TIME_LIMIT_SECONDS (worker.celery_app): not retried
+        reporter.flush()
+        fields = {"error_code": "time_limit", "error_message": "the job ran longer than the worker's time limit"}
     except Exception as error:
         log.exception("job %s failed", job_id)
         fields = {"error_code": "internal_error",  # details stay in the worker log, not in the API
@@ -158,4 +171,32 @@ def _train(settings: Settings, job_id: str, attempt: int, spec_data: Any, lease:
             crud.finish(session, job_id, attempt, status, **fields)
     except crud.StaleAttempt:
         return "stale"
+    webhooks.notify(settings, job_id, f"job.{status}")  # synchronous: the child exits after this job
     return status
+
+
+POISON_SEED_ENV, DIVERGE_SEED_ENV = "COSCOPE_TEST_POISON_JOB_SEED", "COSCOPE_TEST_DIVERGE_JOB_SEED"
+
+
+def _test_faults(settings: Settings, seed: int, on_event: Callable[[dict[str, Any]], None]
+                 ) -> Callable[[dict[str, Any]], None]:
+    """Fault injection for tests/service/test_chaos.py, off unless the *worker's* environment names a job
+    seed (no request can set it) and never in production: at its first epoch event a job with seed
+    ``COSCOPE_TEST_POISON_JOB_SEED`` SIGKILLs its own process (a poison job), and one with seed
+    ``COSCOPE_TEST_DIVERGE_JOB_SEED`` raises ``DivergedError`` as a NaN loss would."""
+    poison, diverge = os.environ.get(POISON_SEED_ENV), os.environ.get(DIVERGE_SEED_ENV)
+    if settings.env == "production" or str(seed) not in (poison, diverge):
+        return on_event
+
+    def faulty(event: dict[str, Any]) -> None:
+        on_event(event)
+        if event["type"] != "epoch":
+            return
+        if str(seed) == poison:
+            log.warning("test poison job: SIGKILL to my own process %d", os.getpid())
+            os.kill(os.getpid(), signal.SIGKILL)
+        from core.errors import DivergedError
+
+        raise DivergedError(f"training loss became nan by step {event['step']} (test fault injection)")
+
+    return faulty

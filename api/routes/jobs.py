@@ -8,28 +8,36 @@ import hashlib
 import io
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response, status
+from fastapi import (APIRouter, BackgroundTasks, Depends, Header, HTTPException, Query, Request, Response,
+                     status)
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, StreamingResponse
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
-from api import crud
+from api import crud, limits, paths, webhooks
 from api.db import session_scope
-from api.deps import CurrentKey, OwnedJob, SessionDep, SettingsDep, get_current_key, get_publisher
+from api.deps import (CurrentKey, OwnedJob, SessionDep, SettingsDep, get_current_key, get_publisher,
+                      limit_submissions)
 from api.models import FINISHED_STATES, Job
 from api.queue import Publisher, publish_and_mark
 from api.schemas import Artifact, ArtifactsPublic, JobCreate, JobPublic, JobsPublic, MetricsPublic
+from api.settings import Settings
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(get_current_key)])
 ARTIFACTS = ("report.json", "metrics.jsonl", "summary.md", "curves.png", "checkpoint.pt", "best.pt")
 SSE_POLL_SECONDS = 0.5
 PaperSized = 20_000  # training images x epochs above which a spec goes to the gpu queue by default
+QUOTA_RETRY_SECONDS = 60  # Retry-After when the team's active-job quota is full
 
 
-def to_public(job: Job) -> JobPublic:
-    error = {"code": job.error_code, "message": job.error_message} if job.error_code else None
+def to_public(job: Job, settings: Settings) -> JobPublic:
+    error = None
+    if job.error_code:
+        error = {"code": job.error_code, "message": paths.redact(job.error_message, settings)}
     return JobPublic(id=job.id, name=job.name, tags=job.tags or [], priority=job.priority, queue=job.queue,
                      status=job.status, attempt=job.attempt, progress=job.progress or {}, co=job.co,
                      error=error, created_at=job.created_at, started_at=job.started_at,
@@ -43,22 +51,33 @@ def _default_queue(body: JobCreate) -> str:
     return "gpu" if images * spec.training.epochs > PaperSized * 10 else "cpu"
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=JobPublic)
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=JobPublic,
+             dependencies=[Depends(limit_submissions)])
 def create_job(body: JobCreate, key: CurrentKey, session: SessionDep, settings: SettingsDep, response: Response,
                publisher: Annotated[Publisher, Depends(get_publisher)],
                idempotency_key: Annotated[str | None, Header(max_length=200)] = None) -> Any:
     """Submit a job; with an Idempotency-Key, the same key and body return the same job."""
+    problems = [*paths.spec_path_problems(body.spec),
+                *limits.budget_problems(body.spec, settings.team_budget),
+                *webhooks.url_problems(body.callback_url)]
+    if problems:
+        raise HTTPException(422, problems)
     spec = body.spec.resolved().model_dump(mode="json")
     canonical = json.dumps({**body.model_dump(mode="json", exclude={"spec"}), "spec": spec}, sort_keys=True)
     try:
         job, created = crud.create_job(
             session, key, spec, name=body.name, tags=body.tags, priority=body.priority,
             queue=body.queue or _default_queue(body), idempotency_key=idempotency_key,
-            request_hash=hashlib.sha256(canonical.encode()).hexdigest())
+            request_hash=hashlib.sha256(canonical.encode()).hexdigest(), callback_url=body.callback_url,
+            max_active=settings.team_max_active_jobs)
         session.commit()
     except crud.IdempotencyMismatch:
         raise HTTPException(422, [{"loc": ["header", "Idempotency-Key"], "type": "idempotency_mismatch",
                                    "msg": "this Idempotency-Key was used with a different request body"}])
+    except crud.QuotaExceeded:
+        limit = settings.team_max_active_jobs
+        raise HTTPException(429, f"The team already has {limit} queued or running jobs",
+                            headers={"Retry-After": str(QUOTA_RETRY_SECONDS)})
     except IntegrityError:  # a concurrent request with the same key won the insert
         session.rollback()
         raise HTTPException(409, "A request with this Idempotency-Key is being processed")
@@ -67,11 +86,11 @@ def create_job(body: JobCreate, key: CurrentKey, session: SessionDep, settings: 
         session.refresh(job)
     else:
         response.status_code = status.HTTP_200_OK
-    return to_public(job)
+    return to_public(job, settings)
 
 
 @router.get("", response_model=JobsPublic)
-def read_jobs(key: CurrentKey, session: SessionDep,
+def read_jobs(key: CurrentKey, session: SessionDep, settings: SettingsDep,
               status_: Annotated[Literal["queued", "running", "succeeded", "failed", "cancelled"] | None,
                                  Query(alias="status")] = None,
               tag: Annotated[str | None, Query(max_length=100)] = None,
@@ -79,22 +98,32 @@ def read_jobs(key: CurrentKey, session: SessionDep,
               ) -> Any:
     """List the team's jobs, newest first."""
     jobs, count = crud.list_jobs(session, None if key.role == "admin" else key.team, status_, tag, limit, offset)
-    return JobsPublic(data=[to_public(job) for job in jobs], count=count)
+    return JobsPublic(data=[to_public(job, settings) for job in jobs], count=count)
 
 
 @router.get("/{job_id}", response_model=JobPublic)
-def read_job(job: OwnedJob) -> Any:
+def read_job(job: OwnedJob, settings: SettingsDep) -> Any:
     """Status, progress (epoch, step, ETA), the CO verdict so far, and the error if any."""
-    return to_public(job)
+    return to_public(job, settings)
 
 
 @router.post("/{job_id}/cancel", status_code=status.HTTP_202_ACCEPTED, response_model=JobPublic)
-def cancel_job(job: OwnedJob, session: SessionDep) -> Any:
+def cancel_job(job: OwnedJob, session: SessionDep, settings: SettingsDep, background: BackgroundTasks) -> Any:
     """Queued jobs never start; running ones checkpoint and stop at the next step boundary."""
+    return cancel(job, session, settings, background)
+
+
+def cancel(job: Job, session: Session, settings: Settings, background: BackgroundTasks) -> JobPublic:
+    """Shared by the owner's and the admin's cancel: a queued job finishes here, so its webhook goes from
+    here (after the commit); a running one's goes from its worker."""
     try:
-        return to_public(crud.request_cancel(session, job))
+        public = to_public(crud.request_cancel(session, job), settings)
     except crud.NotCancellable:
         raise HTTPException(409, f"Job already {job.status}")
+    if job.status == "cancelled":
+        session.commit()
+        background.add_task(webhooks.notify, settings, job.id, "job.cancelled")
+    return public
 
 
 @router.get("/{job_id}/events", responses={200: {"content": {"text/event-stream": {}}}})
@@ -102,18 +131,20 @@ async def job_events(job: OwnedJob, request: Request, settings: SettingsDep,
                      last_event_id: Annotated[int | None, Header(ge=0)] = None) -> StreamingResponse:
     """Server-Sent Events: status, progress, epoch and monitor metrics, CO onset. Resumable with
     Last-Event-ID; the stream ends after the job's final status."""
-    return StreamingResponse(_event_stream(settings.database, job.id, last_event_id or 0, request),
+    return StreamingResponse(_event_stream(settings, job.id, last_event_id or 0, request),
                              media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-async def _event_stream(database: str, job_id: str, after: int, request: Request) -> AsyncIterator[str]:
+async def _event_stream(settings: Settings, job_id: str, after: int, request: Request) -> AsyncIterator[str]:
     idle = 0.0
     while not await request.is_disconnected():
-        events, finished = await run_in_threadpool(_next_events, database, job_id, after)
+        events, finished = await run_in_threadpool(_next_events, settings.database, job_id, after)
         for event in events:
-            after = event[0]
-            yield f"id: {event[0]}\nevent: {event[1]}\ndata: {json.dumps(event[2])}\n\n"
+            after, data = event[0], event[2]
+            if data.get("error_message"):
+                data = {**data, "error_message": paths.redact(data["error_message"], settings)}
+            yield f"id: {event[0]}\nevent: {event[1]}\ndata: {json.dumps(data)}\n\n"
         if finished and not events:
             return
         if not events:
@@ -162,16 +193,26 @@ def read_metrics(job: OwnedJob, session: SessionDep,
 @router.get("/{job_id}/artifacts", response_model=ArtifactsPublic)
 def read_artifacts(job: OwnedJob, settings: SettingsDep) -> Any:
     """The files of the job's run folder that can be downloaded."""
-    folder = settings.artifacts / job.id
-    present = [Artifact(name=name, size=(folder / name).stat().st_size) for name in ARTIFACTS
-               if (folder / name).is_file()]
+    present = [Artifact(name=name, size=path.stat().st_size) for name in ARTIFACTS
+               if (path := _artifact(settings, job, name)) is not None]
     return ArtifactsPublic(data=present)
 
 
 @router.get("/{job_id}/artifacts/{name}", response_class=FileResponse)
 def read_artifact(job: OwnedJob, settings: SettingsDep, name: str) -> Any:
     """One artifact by name: only the fixed names above, never a path."""
-    path = settings.artifacts / job.id / name
-    if name not in ARTIFACTS or not path.is_file():
+    path = _artifact(settings, job, name)
+    if path is None:
         raise HTTPException(404, "Artifact not found")
     return FileResponse(path, filename=name)
+
+
+def _artifact(settings: Settings, job: Job, name: str) -> Path | None:
+    """A whitelisted file inside the job's own folder (a link out of the folder does not count)."""
+    if name not in ARTIFACTS:
+        return None
+    path = paths.safe_join(settings.artifacts / job.id, name)
+    try:
+        return path if path is not None and path.is_file() else None
+    except OSError:  # name too long, permissions: the same 404
+        return None
