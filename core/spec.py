@@ -115,6 +115,7 @@ class MonitorSpec(_Section):
     every_steps: int = Field(200, ge=1, le=10_000_000)  # steps since the last check (epoch ends check too)
     train_images: int = Field(512, ge=1, le=100_000)  # fixed, seeded training subset, no augmentation
     test_images: int = Field(0, ge=0, le=100_000)  # optional fixed test subset; 0 = none
+    indicator_images: int = Field(128, ge=1, le=100_000)  # images for alignment, linearity, gradient norm
     pgd_steps: int = Field(10, ge=1, le=1000)  # monitor PGD-k, 1 restart
     pgd_step_fraction: float = Field(0.25, gt=0.0, le=2.5)  # monitor PGD step = fraction x epsilon
     wong_drop: float = Field(0.20, gt=0.0, le=1.0)  # R1: PGD acc drop between consecutive checks; 1 = off
