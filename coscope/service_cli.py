@@ -75,6 +75,15 @@ def _first_key(settings: Any) -> str | None:
     return str(path)
 
 
+def _die_with_parent() -> None:
+    """Runs in the embedded worker before exec: SIGTERM it when ``coscope serve`` dies, however it dies
+    (uvicorn re-raises SIGTERM after a graceful shutdown, so a ``finally`` alone would not run)."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 def _serve(args: argparse.Namespace, settings: Any) -> int:
     import uvicorn
 
@@ -86,7 +95,8 @@ def _serve(args: argparse.Namespace, settings: Any) -> int:
     embedded = settings.broker_url is None
     worker = None
     if args.worker or (args.worker is None and embedded):
-        worker = subprocess.Popen(worker_command("gpu,cpu", "embedded"), start_new_session=True)
+        worker = subprocess.Popen(worker_command("gpu,cpu", "embedded"), start_new_session=True,
+                                  preexec_fn=_die_with_parent)
     sys.stderr.write(
         f"coscope API on http://{host}:{port} (OpenAPI docs: http://{host}:{port}/docs)\n"
         f"job store {settings.database.split('@')[-1]}, broker {settings.broker.split('@')[-1]}, "

@@ -161,7 +161,7 @@ def _train(settings: Settings, job_id: str, attempt: int, spec_data: Any, lease:
         return "stale"
     except SoftTimeLimitExceeded:  # COSCOPE_JOB_TIME_LIMIT_SECONDS (worker.celery_app): not retried
         reporter.flush()
-        fields = {"error_code": "time_limit", "error_message": "the job ran longer than the worker's time limit"}
+        fields = {"error_code": "time_limit", "error_message": "the job ran past the worker's time limit"}
     except Exception as error:
         log.exception("job %s failed", job_id)
         fields = {"error_code": "internal_error",  # details stay in the worker log, not in the API
