@@ -281,17 +281,29 @@ def jobs_to_requeue(session: Session, max_attempts: int, requeue_queued_after: f
     requeue: list[str] = []
     for job in expired:
         if job.cancel_requested:
-            _finish(session, job, "cancelled", None, None)
+            values: dict[str, Any] = {"status": "cancelled", "error_code": None, "error_message": None}
         elif job.attempt >= max_attempts:
-            _finish(session, job, "failed", "attempts_exhausted",
-                    f"the worker was lost {job.attempt} times (limit {max_attempts})")
-        if job.status in FINISHED_STATES:
+            values = {"status": "failed", "error_code": "attempts_exhausted",
+                      "error_message": f"the worker was lost {job.attempt} times (limit {max_attempts})"}
+        else:
+            values = {"status": "queued", "lease_owner": None}
+        if values["status"] != "queued":
+            values.update(finished_at=now, lease_expires_at=None)
+        # conditional on what was read: a worker that claims or renews the job meanwhile wins
+        result = session.execute(update(Job).where(Job.id == job.id, Job.attempt == job.attempt,
+                                                   Job.status == "running", Job.lease_expires_at < now)
+                                 .values(**values).execution_options(synchronize_session=False))
+        if result.rowcount != 1:  # type: ignore[attr-defined]
+            continue
+        event = {"status": values["status"]}
+        if values["status"] == "queued":
+            event["reason"] = "lease expired"
+            requeue.append(job.id)
+        else:
+            event.update(error_code=values["error_code"], error_message=values["error_message"])
             if finished is not None:
                 finished.append(job.id)
-        else:
-            job.status, job.lease_owner = "queued", None
-            add_event(session, job.id, job.attempt, "status", {"status": "queued", "reason": "lease expired"})
-            requeue.append(job.id)
+        add_event(session, job.id, job.attempt, "status", event)
     stale = now - dt.timedelta(seconds=requeue_queued_after)
     never_sent = Job.enqueued_at.is_(None) & (Job.created_at < now - dt.timedelta(seconds=5))
     requeue += session.scalars(select(Job.id).where(Job.status == "queued", (Job.enqueued_at < stale) | never_sent)).all()
