@@ -16,7 +16,8 @@ least one earlier check, so the first check (t = 0) never fires.
   Level: peak(t) - max_drop.
 - R3 ``relative_collapse`` (paper-notes §5 "below a fraction of its running maximum while FGSM rises";
   FGSM accuracy above clean accuracy is Kim et al. 2021's CO signature): peak(t) >= min_peak and
-  pgd(t) < relative_fraction * peak(t) and fgsm(t) > clean(t). Level: relative_fraction * peak(t).
+  pgd(t) < relative_fraction * peak(t) and (fgsm(t) > clean(t) or gap(t) > min_gap), the second form
+  being the FGSM-PGD gap signature (co-detection.md §2.2 e). Level: relative_fraction * peak(t).
   R3 catches CO in runs whose PGD accuracy never got high enough for a 20 pp drop; ``min_peak``
   keeps it from firing on noise around 0.
 
@@ -95,9 +96,13 @@ def _firing_rules(history: Sequence[Mapping[str, Any]], t: int, peak: float,
     if pgd < peak - m.max_drop and fgsm - pgd > m.min_gap:
         fired.append({"name": "drop_from_max", "max_drop": m.max_drop, "min_gap": m.min_gap,
                       "running_max": peak, "level": peak - m.max_drop})
-    if peak >= m.min_peak and pgd < m.relative_fraction * peak and fgsm > clean:
+    # the CO signature: FGSM accuracy above clean accuracy, or FGSM nearly harmless while PGD breaks almost
+    # everything (a seed-2 CPU run collapsed to 0.2 % PGD with FGSM at 96 % of clean, never above it)
+    signature = fgsm > clean or fgsm - pgd > m.min_gap
+    if peak >= m.min_peak and pgd < m.relative_fraction * peak and signature:
         fired.append({"name": "relative_collapse", "relative_fraction": m.relative_fraction,
-                      "min_peak": m.min_peak, "running_max": peak, "level": m.relative_fraction * peak})
+                      "min_peak": m.min_peak, "min_gap": m.min_gap, "running_max": peak,
+                      "level": m.relative_fraction * peak})
     return fired
 
 

@@ -20,12 +20,19 @@ def write_run_summary(out: Path, report: dict[str, Any], history: list[dict[str,
     monitor = [row for row in history if row["kind"] == "monitor"]
     onset = detect_onset(monitor, spec.monitor) if monitor else None
     verdict = verdict_text(onset, monitor, spec.monitor) if monitor else "No CO monitor ran (monitor.enabled: false)."
-    if report.get("co") is not None:
-        report["co"]["verdict"] = verdict
+    if report.get("co") is not None:  # re-rendering applies the current rule to the stored checks
+        report["co"].update(onset_fields(onset), verdict=verdict)
     (out / "report.json").write_text(json.dumps(report, indent=2))
     (out / "summary.md").write_text(summary_markdown(report, verdict))
     plot_curves(history, out / "curves.png", onset)
     return verdict
+
+
+def onset_fields(onset: Onset | None) -> dict[str, Any]:
+    """The detection part of the report's ``co`` block."""
+    keys = ("onset_step", "onset_epoch", "confirmed_step", "rule", "before", "after")
+    found = onset.to_dict() if onset is not None else {}
+    return {"detected": onset is not None, **{key: found.get(key) for key in keys}}
 
 
 def render_run(run_dir: Path) -> str:

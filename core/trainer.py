@@ -24,14 +24,14 @@ from torch import nn
 
 from core import checkpoint
 from core.attacks import gradient_cosine, input_gradient, pgd, single_step, uniform_noise
-from core.co import detect_onset
+from core.co import Onset, detect_onset
 from core.data import Dataset, augment, epoch_order, load_dataset
 from core.errors import Cancelled, DivergedError, SpecError
 from core.evaluate import InputTransform, clean_accuracy, robust_accuracy
 from core.interventions import carrier_basis, carriers, inject, inject_orthogonal
 from core.models import build_model
 from core.monitor import Monitor
-from core.report import write_run_summary
+from core.report import onset_fields, write_run_summary
 from core.schedule import lr_and_momentum
 from core.spec import PER_255, JobSpec, TrainingSpec
 
@@ -375,16 +375,9 @@ def monitor_rows(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def co_section(spec: JobSpec, state: TrainState, indices: list[int]) -> dict[str, Any]:
     """The report's ``co`` block: the verdict, the rows around the onset, the best checkpoint, the set-up."""
-    onset = state.onset or {}
     settings = spec.monitor
     return {
-        "detected": state.onset is not None,
-        "onset_step": onset.get("onset_step"),
-        "onset_epoch": onset.get("onset_epoch"),
-        "confirmed_step": onset.get("confirmed_step"),
-        "rule": onset.get("rule"),
-        "before": onset.get("before"),
-        "after": onset.get("after"),
+        **onset_fields(Onset(**state.onset) if state.onset else None),
         "policy": settings.co_policy,
         "stopped_early": state.stopped_early,
         "best_checkpoint": {"step": state.best_step, "epoch": state.best_epoch,
