@@ -341,11 +341,11 @@ class _Run:
         co = None
         if self.monitor is not None:
             co = co_section(self.spec, self.state, self.monitor.indices)
-            if (self.out / BEST_CHECKPOINT).exists() and not self.state.stopped_early:
+            if self.state.stopped_early or self.state.best_step == self.state.step:
+                co["best_checkpoint"]["final"] = final  # the last weights are the best ones
+            elif (self.out / BEST_CHECKPOINT).exists():
                 self._load_best()
                 co["best_checkpoint"]["final"] = self._evaluate()
-            elif self.state.stopped_early:  # the model already is the best checkpoint
-                co["best_checkpoint"]["final"] = final
         report = build_report(self.spec, final, self.data, self.device, self.state,
                               eval_seconds=time.perf_counter() - started)
         report["co"] = co
