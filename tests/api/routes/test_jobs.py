@@ -4,26 +4,12 @@
 from __future__ import annotations
 
 import pytest
-from fastapi.testclient import TestClient
 
 from api import crud
 from api.db import session_scope
-from api.main import create_app
 from api.models import Job
-from api.settings import Settings
 
 SPEC = {"dataset": {"name": "synthetic"}, "training": {"epochs": 1}}
-
-
-@pytest.fixture
-def settings(tmp_path):
-    return Settings(home=tmp_path)
-
-
-@pytest.fixture
-def client(settings):
-    with TestClient(create_app(settings, reconcile=False)) as test_client:
-        yield test_client
 
 
 def _key(settings, team="default", role="member"):
