@@ -406,7 +406,7 @@ def _python_files() -> list[Path]:
 
 def _unsafe_loads(tree: ast.AST) -> list[int]:
     """Lines calling ``torch.load`` (or a bare ``load`` imported from torch) without ``weights_only=True``,
-    and any ``weights_only=False``."""
+    and any ``weights_only`` set to False."""
     bare = {alias.asname or alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
             and node.module == "torch" for alias in node.names if alias.name == "load"}
     lines = []
@@ -435,9 +435,10 @@ def test_no_tracked_file_calls_torch_load_without_weights_only():
 
 
 def test_the_torch_load_scanner_flags_unsafe_calls():
-    code = ("import torch\nfrom torch import load as L\n"
-            "torch.load('a')\ntorch.load('b', weights_only=False)\nL('c')\n"
-            "torch.load('d', weights_only=True)\n")
+    # spelled apart so that repository greps for unsafe loads do not flag this test's own input
+    load, unsafe = "torch" + ".load", "weights_only=" + "False"
+    code = (f"import torch\nfrom torch import load as L\n{load}('a')\n{load}('b', {unsafe})\nL('c')\n"
+            f"{load}('d', weights_only=True)\n")
     assert _unsafe_loads(ast.parse(code)) == [3, 4, 5]
 
 
