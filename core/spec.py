@@ -133,6 +133,7 @@ class MonitorSpec(_Section):
 class JobSpec(_Section):
     version: Literal[1] = 1
     seed: int = Field(42, ge=0, le=2**31 - 1)  # paper: 42
+    dry_run: bool = False  # validate, locate the data, estimate the cost, write a report; no training
     dataset: DatasetSpec = DatasetSpec()
     intervention: InterventionSpec = InterventionSpec()
     model: ModelSpec = ModelSpec()
@@ -161,8 +162,10 @@ class JobSpec(_Section):
         return self.model_copy(update={"training": training})
 
     def sha256(self) -> str:
-        """Stable digest of the resolved spec, stored in checkpoints to refuse a resume with another spec."""
-        blob = json.dumps(self.resolved().model_dump(mode="json"), sort_keys=True).encode()
+        """Stable digest of the resolved spec, stored in checkpoints to refuse a resume with another spec.
+        ``dry_run`` counts only when set: specs (and checkpoints) from before the field keep their digest."""
+        unset = None if self.dry_run else {"dry_run"}
+        blob = json.dumps(self.resolved().model_dump(mode="json", exclude=unset), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()
 
 

@@ -87,8 +87,27 @@ def _validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dry_run(spec: Any, args: argparse.Namespace) -> int:
+    """A spec with ``dry_run: true``: what the service's worker does with it, here (no training)."""
+    from pathlib import Path
+
+    from coscope.client_cli import dry_run_summary
+    from core.errors import JobError
+    from worker.dry_run import write_dry_run
+
+    try:
+        report = write_dry_run(spec, Path(args.out), args.data_root)
+    except JobError as error:
+        sys.stderr.write(f"coscope: {type(error).__name__}: {error}\n")
+        return 1
+    sys.stdout.write(f"{dry_run_summary(report)}\nwrote {args.out}/report.json\n")
+    return 0
+
+
 def _train(args: argparse.Namespace) -> int:
     spec = _load_spec(args.spec)
+    if spec.dry_run:
+        return _dry_run(spec, args)
     from tqdm import tqdm
 
     from core.errors import Cancelled, JobError

@@ -398,7 +398,19 @@ _HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 
 # ---- report (called by the lead's ``coscope report``) --------------------------------------------
+def dry_run_summary(report: dict[str, Any]) -> str:
+    """One line for a dry run's report (``worker/dry_run.py``): the data found and the estimated cost."""
+    data = report["data"]
+    shape = "x".join(str(side) for side in data["image_shape"])
+    return (f"dry run, no training: {data['name']} with {data['train_images']} training and "
+            f"{data['test_images']} test images of {shape}; estimated cost "
+            f"{report['estimated_cost_image_passes']:.3g} image-passes")
+
+
 def _print_report(report: dict[str, Any]) -> None:
+    if report.get("dry_run"):
+        _out(dry_run_summary(report))
+        return
     if report.get("co"):
         _out(f"verdict: {report['co'].get('verdict') or _co_text(report['co'], 'succeeded')}")
     final = report.get("final") or {}

@@ -13,12 +13,14 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from api import crud, webhooks
 from api.db import session_scope
 from api.models import Job
 from api.settings import Settings
+from core.spec import JobSpec
 
 log = logging.getLogger("coscope.worker")
 FLUSH_SECONDS = 1.0  # progress events are batched; epoch, monitor and CO events flush at once
@@ -127,25 +129,24 @@ def run(job_id: str, settings: Settings, worker: str) -> str:
     attempt = claimed.attempt
     with Lease(settings, job_id, attempt) as lease:
         reporter = Reporter(settings, job_id, attempt, lease)
-        outcome = _train(settings, job_id, attempt, spec_data, lease, reporter)
+        outcome = _execute(settings, job_id, attempt, spec_data, lease, reporter)
     return outcome
 
 
-def _train(settings: Settings, job_id: str, attempt: int, spec_data: Any, lease: Lease, reporter: Reporter) -> str:
+def _execute(settings: Settings, job_id: str, attempt: int, spec_data: Any, lease: Lease,
+             reporter: Reporter) -> str:
+    """Train (or dry-run) the job and write its outcome, mapping engine errors to job errors."""
     from celery.exceptions import SoftTimeLimitExceeded
 
     from core.errors import Cancelled, CheckpointError, DatasetNotFound, DivergedError, SpecError
-    from core.spec import JobSpec
-    from core.trainer import Callbacks, select_device, train
+    from worker.dry_run import write_dry_run
 
     out = settings.artifacts / job_id
     status, fields = "failed", {}
     try:
         spec = JobSpec.model_validate(spec_data)
-        report = train(spec, out, select_device("auto"), data_root=settings.datasets,
-                       callbacks=Callbacks(on_event=_test_faults(settings, spec.seed, reporter.on_event),
-                                           should_stop=lease.should_stop),
-                       resume=(out / "checkpoint.pt").exists())
+        report = (write_dry_run(spec, out, settings.datasets) if spec.dry_run
+                  else _train(settings, spec, out, lease, reporter))
         reporter.flush()
         status, fields = "succeeded", {"report": report}
     except Cancelled:
@@ -173,6 +174,15 @@ def _train(settings: Settings, job_id: str, attempt: int, spec_data: Any, lease:
         return "stale"
     webhooks.notify(settings, job_id, f"job.{status}")  # synchronous: the child exits after this job
     return status
+
+
+def _train(settings: Settings, spec: JobSpec, out: Path, lease: Lease, reporter: Reporter) -> dict[str, Any]:
+    from core.trainer import Callbacks, select_device, train  # torch: in the pool child, for training only
+
+    return train(spec, out, select_device("auto"), data_root=settings.datasets,
+                 callbacks=Callbacks(on_event=_test_faults(settings, spec.seed, reporter.on_event),
+                                     should_stop=lease.should_stop),
+                 resume=(out / "checkpoint.pt").exists())
 
 
 POISON_SEED_ENV, DIVERGE_SEED_ENV = "COSCOPE_TEST_POISON_JOB_SEED", "COSCOPE_TEST_DIVERGE_JOB_SEED"

@@ -66,7 +66,8 @@ class StoreCollector:
         duration.add_metric([], sum(durations))
         count = GaugeMetricFamily("coscope_job_duration_seconds_count", "Succeeded jobs timed")
         count.add_metric([], len(durations))
-        rates = [row.report["timing"]["train_images_per_second"] for row in rows if row.report]
+        rates = [row.report["timing"]["train_images_per_second"] for row in rows
+                 if row.report and "timing" in row.report]  # dry runs report no training
         throughput = GaugeMetricFamily("coscope_train_images_per_second",
                                        "Mean training throughput of succeeded jobs")
         throughput.add_metric([], sum(rates) / len(rates) if rates else 0.0)

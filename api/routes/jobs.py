@@ -46,6 +46,8 @@ def to_public(job: Job, settings: Settings) -> JobPublic:
 
 def _default_queue(body: JobCreate) -> str:
     spec = body.spec
+    if spec.dry_run:  # no training: no GPU needed
+        return "cpu"
     images = spec.dataset.train_subset or (spec.dataset.synthetic_train_size if spec.dataset.name == "synthetic"
                                            else 50_000)
     return "gpu" if images * spec.training.epochs > PaperSized * 10 else "cpu"

@@ -75,6 +75,20 @@ def test_sha256_changes_with_the_spec_and_not_with_spelled_out_defaults():
     assert JobSpec().sha256() != JobSpec(seed=1).sha256()
 
 
+def test_dry_run_changes_the_sha256_only_when_set():
+    # the default spec's digest from before ``dry_run`` existed: checkpoints written then must still resume
+    assert JobSpec().sha256() == JobSpec(dry_run=False).sha256() == \
+        "a44ca0fd9b6f62938646c7cef92f65774c7bcf771792280557bba81d05980e39"
+    assert JobSpec(dry_run=True).sha256() != JobSpec().sha256()
+    assert JobSpec(dry_run=True).resolved().dry_run is True
+
+
+def test_dry_run_must_be_a_boolean():
+    with pytest.raises(ValidationError) as caught:
+        JobSpec(dry_run="maybe")
+    assert _locs(caught.value) == [("dry_run",)]
+
+
 def test_load_spec_file_reads_yaml(tmp_path):
     path = tmp_path / "spec.yaml"
     path.write_text("seed: 3\ntraining:\n  method: pgd\n  epsilon: 4\n")

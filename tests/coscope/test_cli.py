@@ -40,6 +40,19 @@ def test_missing_dataset_error_names_the_path(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+def test_a_dry_run_spec_writes_a_report_and_trains_nothing(tmp_path):
+    spec = tmp_path / "dry.yaml"
+    spec.write_text("dry_run: true\ndataset: {name: synthetic, synthetic_train_size: 100}\n")
+    result = _coscope("train", str(spec), "--out", str(tmp_path / "run"))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("dry run, no training: synthetic with 100 training and 512 test images")
+    assert sorted(path.name for path in (tmp_path / "run").iterdir()) == ["report.json"]
+    missing = tmp_path / "cifar.yaml"
+    missing.write_text("dry_run: true\n")  # cifar10, not under the data root
+    result = _coscope("train", str(missing), "--out", str(tmp_path / "r2"), "--data-root", str(tmp_path))
+    assert result.returncode == 1 and "DatasetNotFound" in result.stderr and "Traceback" not in result.stderr
+
+
 def test_validate_prints_the_resolved_spec(tmp_path):
     spec = tmp_path / "pgd.json"
     spec.write_text('{"training": {"method": "pgd", "epsilon": 4}}')

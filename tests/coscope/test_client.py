@@ -429,6 +429,16 @@ def test_show_report_prints_verdict_and_accuracies(
     assert out.startswith("verdict: catastrophic overfitting at step 1200\nclean accuracy 0.8100")
 
 
+def test_show_report_of_a_dry_run_prints_data_and_cost(
+        serve: Callable[[Handler], None], capsys: pytest.CaptureFixture[str]) -> None:
+    data = {"name": "cifar10", "train_images": 50000, "test_images": 10000, "image_shape": [3, 32, 32]}
+    report = {"dry_run": True, "estimated_cost_image_passes": 1.5e6, "data": data}
+    serve(lambda request: httpx.Response(200, json=report))
+    assert client_cli.show_report("j1", SERVER, "k3y") == 0
+    assert capsys.readouterr().out == ("dry run, no training: cifar10 with 50000 training and 10000 test images "
+                                       "of 3x32x32; estimated cost 1.5e+06 image-passes\n")
+
+
 def test_show_report_before_success_says_why(
         serve: Callable[[Handler], None], capsys: pytest.CaptureFixture[str]) -> None:
     def server(request: httpx.Request) -> httpx.Response:

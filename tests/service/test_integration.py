@@ -40,6 +40,20 @@ def test_submit_watch_and_fetch_the_report(stack):
     assert listed["count"] == 1 and listed["data"][0]["id"] == job["id"]
 
 
+def test_a_dry_run_job_succeeds_through_the_worker_without_training(stack):
+    stack.start_api()
+    stack.start_worker()
+    api = Api(stack.url, stack.admin_key())
+    job = api.submit({**job_spec(), "dry_run": True})
+    final = api.wait_finished(job["id"], timeout=120)
+    assert (final["status"], final["attempt"], final["queue"], final["progress"]) == ("succeeded", 1, "cpu", {})
+    report = api.http.get(f"/v1/jobs/{job['id']}/report").json()
+    assert report["dry_run"] is True and report["data"]["train_images"] == 128
+    names = [item["name"] for item in api.http.get(f"/v1/jobs/{job['id']}/artifacts").json()["data"]]
+    assert names == ["report.json"]
+    assert api.http.get(f"{stack.url}/metrics").status_code == 200
+
+
 def test_readiness_reports_database_and_broker(stack):
     stack.start_api()
     import httpx

@@ -129,6 +129,19 @@ def test_health_readiness_and_prometheus_need_no_key(client, settings):
     assert 'coscope_jobs{state="queued"} 1.0' in metrics and 'coscope_queue_depth{queue="cpu"} 1.0' in metrics
 
 
+def test_dry_run_goes_to_the_cpu_queue_and_its_report_does_not_break_prometheus(client, settings):
+    headers = _key(settings)
+    paper_sized = {"dry_run": True, "dataset": {"name": "cifar10"}}  # the gpu queue if it trained
+    job = client.post("/v1/jobs", json={"spec": paper_sized}, headers=headers).json()
+    assert (job["queue"], job["spec"]["dry_run"]) == ("cpu", True)
+    with session_scope(settings.database) as session:  # a finished dry run's report has no timing section
+        row = session.get(Job, job["id"])
+        row.status, row.report = "succeeded", {"dry_run": True, "estimated_cost_image_passes": 1.0}
+    metrics = client.get("/metrics")
+    assert metrics.status_code == 200 and 'coscope_jobs{state="succeeded"} 1.0' in metrics.text
+    assert "coscope_train_images_per_second 0.0" in metrics.text
+
+
 def test_api_does_not_import_torch():
     import subprocess
     import sys
