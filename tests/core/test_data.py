@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from core.data import Split, augment, epoch_order, resolve_inside, stratified_subset
+from core.data import Split, augment, channel_statistics, epoch_order, resolve_inside, stratified_subset
 from core.errors import SpecError
 
 
@@ -184,3 +185,11 @@ def test_resolve_inside_refuses_symlink_pointing_outside(data_root):
 def test_resolve_inside_follows_symlink_that_stays_inside(data_root):
     os.symlink(data_root / "inside" / "deeper", data_root / "shortcut")
     assert resolve_inside(data_root, "shortcut") == data_root / "inside" / "deeper"
+
+
+def test_channel_statistics_in_chunks_match_numpy():
+    images = torch.randint(0, 256, (50, 3, 5, 4), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    mean, std = channel_statistics(images, chunk=7)  # 7 does not divide 50: a short last chunk
+    pixels = images.numpy().transpose(1, 0, 2, 3).reshape(3, -1) / 255.0
+    np.testing.assert_allclose(mean, pixels.mean(axis=1), rtol=1e-12)
+    np.testing.assert_allclose(std, pixels.std(axis=1, ddof=1), rtol=1e-10)
