@@ -10,6 +10,8 @@ from torch import nn
 
 from core.attacks import evaluating, pgd
 
+CPU_ATTACK_BATCH = 128  # images attacked at once on a CPU: bounds host memory (a width-64 PGD step on 512
+# images holds ~2.4 GB of activations); eval mode makes samples independent, so only the noise draw order changes
 InputTransform = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (uint8 images, labels) -> [0,1]-ish
 
 
@@ -29,6 +31,8 @@ def robust_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor
                     generator: torch.Generator | None = None) -> float:
     """PGD-``steps``-``restarts`` accuracy; a sample counts as broken when any restart breaks it."""
     correct = torch.zeros((), device=labels.device)
+    if labels.device.type == "cpu":
+        batch_size = min(batch_size, CPU_ATTACK_BATCH)
     with evaluating(model):
         for start in range(0, len(labels), batch_size):
             y = labels[start:start + batch_size]
