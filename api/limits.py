@@ -46,9 +46,11 @@ def estimate_cost(spec: JobSpec) -> float:
     train = min(data.train_subset, train_size) if data.train_subset else train_size
     test = min(data.test_subset, test_size) if data.test_subset else test_size
     attacked = min(evaluation.test_subset or test, test)
-    cost = training.epochs * train * attack_passes(spec)
+    steps = training.epochs * math.ceil(train / training.batch_size)
+    if training.max_steps is not None:
+        steps = min(steps, training.max_steps)
+    cost = min(training.epochs * train, steps * training.batch_size) * attack_passes(spec)
     if monitor.enabled:
-        steps = training.epochs * math.ceil(train / training.batch_size)
         checks = steps / monitor.every_steps + training.epochs
         images = monitor.train_images + monitor.test_images
         cost += checks * images * (monitor.pgd_steps + MONITOR_PASSES)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -79,6 +79,8 @@ class TrainingSpec(_Section):
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16 = autocast forward passes, fp32 weights/optimizer
     channels_last: bool = True  # memory format of activations; numerically the same algorithm
     log_every: int = Field(20, ge=1, le=100_000)  # steps between logged training metrics
+    max_steps: int | None = Field(None, ge=1, le=100_000_000)  # stop early (smoke tests, benchmarks); the
+    # schedule still spans all epochs, the epoch in progress is closed and evaluated as usual
 
     def default_alpha(self) -> float:
         """Step size in /255 for this method, as in the paper's scripts (paper-notes §4)."""
@@ -163,8 +165,13 @@ class JobSpec(_Section):
 
     def sha256(self) -> str:
         """Stable digest of the resolved spec, stored in checkpoints to refuse a resume with another spec.
-        ``dry_run`` counts only when set: specs (and checkpoints) from before the field keep their digest."""
-        unset = None if self.dry_run else {"dry_run"}
+        Fields added later (``dry_run``, ``training.max_steps``) count only when set: specs (and
+        checkpoints) from before them keep their digest."""
+        unset: dict[str, Any] = {}
+        if not self.dry_run:
+            unset["dry_run"] = True
+        if self.training.max_steps is None:
+            unset["training"] = {"max_steps"}
         blob = json.dumps(self.resolved().model_dump(mode="json", exclude=unset), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()
 

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core import checkpoint
+from core import checkpoint, hostmem
 from core.attacks import gradient_cosine, input_gradient, pgd, single_step, uniform_noise
 from core.co import Onset, detect_onset
 from core.data import Dataset, augment, epoch_order, load_dataset
@@ -178,12 +178,19 @@ def train(spec: JobSpec, out_dir: str | Path, device: torch.device | str = "cpu"
     Raises ``Cancelled`` (after writing a checkpoint) when ``should_stop`` says so, ``DivergedError`` on
     a non-finite loss, and ``SpecError`` / ``DatasetNotFound`` / ``CheckpointError`` on bad input.
     """
-    run = _Run(spec.resolved(), Path(out_dir), torch.device(device), data_root, callbacks or Callbacks())
-    if resume:
-        run.restore()
-    else:
-        (run.out / BEST_CHECKPOINT).unlink(missing_ok=True)  # a fresh run never inherits old best weights
-    return run.execute()
+    device = torch.device(device)
+    if device.type == "cpu":
+        hostmem.keep_freed_memory()
+    try:
+        run = _Run(spec.resolved(), Path(out_dir), device, data_root, callbacks or Callbacks())
+        if resume:
+            run.restore()
+        else:
+            (run.out / BEST_CHECKPOINT).unlink(missing_ok=True)  # a fresh run never inherits old best weights
+        return run.execute()
+    finally:
+        if device.type == "cpu":
+            hostmem.release_freed_memory()  # a worker's next job starts from the baseline footprint
 
 
 class _Run:
@@ -245,7 +252,7 @@ class _Run:
         self.callbacks.on_event({"type": "started", "total_steps": self.total_steps,
                                  "steps_per_epoch": self.steps_per_epoch, "step": state.step,
                                  "epoch": state.epoch})
-        while state.epoch < self.t.epochs and not state.stopped_early:
+        while state.epoch < self.t.epochs and not state.stopped_early and not self._step_cap_reached():
             self._train_epoch()
         return self._finish()
 
@@ -254,7 +261,7 @@ class _Run:
         order = epoch_order(len(data.train), self.spec.seed, state.epoch).to(self.device)
         started = time.perf_counter()
         self.model.train()
-        while state.batch < self.steps_per_epoch:
+        while state.batch < self.steps_per_epoch and not self._step_cap_reached():
             if self.callbacks.should_stop():
                 state.train_seconds += time.perf_counter() - started
                 self.save()
@@ -279,7 +286,7 @@ class _Run:
                 self._record(row, "metrics")
             self.callbacks.on_event({"type": "progress", "epoch": state.epoch, "step": state.step,
                                      "total_steps": self.total_steps})
-            end_of_epoch = state.batch == self.steps_per_epoch  # the epoch-end check covers this step
+            end_of_epoch = state.batch == self.steps_per_epoch or self._step_cap_reached()  # checked there
             due = state.step - state.last_check_step >= self.spec.monitor.every_steps
             if self.monitor and due and not end_of_epoch:
                 state.train_seconds += time.perf_counter() - started
@@ -289,6 +296,9 @@ class _Run:
                 started = time.perf_counter()
         state.train_seconds += time.perf_counter() - started
         self._end_epoch()
+
+    def _step_cap_reached(self) -> bool:
+        return self.t.max_steps is not None and self.state.step >= self.t.max_steps
 
     def _end_epoch(self) -> None:
         state, t, data = self.state, self.t, self.data
@@ -313,6 +323,7 @@ class _Run:
         started = time.perf_counter()
         with autocast(self.device, self.t.precision):
             row = self.monitor.check(self.model, state.step, state.epoch, curvature)
+        hostmem.release_freed_memory()  # the check's odd-sized buffers would fragment the kept heap
         state.monitor_seconds += time.perf_counter() - started
         state.last_check_step = state.step
         self._record(row, "monitor")
@@ -349,6 +360,7 @@ class _Run:
         report = build_report(self.spec, final, self.data, self.device, self.state,
                               eval_seconds=time.perf_counter() - started)
         report["co"] = co
+        report["steps"] = {"done": self.state.step, "planned": self.total_steps}  # done < planned: max_steps
         write_run_summary(self.out, report, self.state.history)
         self.callbacks.on_event({"type": "finished", "final": report["final"], "co": co})
         return report

@@ -47,6 +47,16 @@ def test_subsets_and_dataset_sizes_drive_the_cost():
     assert estimate_cost(small) == 2 * 100 * 1 + 10 + 10 * 1 * 2
 
 
+def test_max_steps_caps_the_training_cost():
+    sections = {"dataset": {"name": "synthetic", "synthetic_train_size": 1000, "synthetic_test_size": 10},
+                "evaluation": {"restarts": 1, "pgd_steps": 1}, "monitor": {"enabled": False}}
+    capped = JobSpec.model_validate({**sections, "training": {"epochs": 3, "batch_size": 100, "max_steps": 2}})
+    loose = JobSpec.model_validate({**sections, "training": {"epochs": 3, "batch_size": 100, "max_steps": 99}})
+    evaluation = 10 + 10 * 1 * 2
+    assert estimate_cost(capped) == 2 * 100 * 2 + evaluation  # 2 steps of 100 images, 2 passes each
+    assert estimate_cost(loose) == 3 * 1000 * 2 + evaluation  # the cap is above the 30 planned steps
+
+
 def test_a_monitor_checking_every_step_costs_more():
     monitor = {"every_steps": 1, "train_images": 100_000, "pgd_steps": 1000}
     often = JobSpec.model_validate({"monitor": monitor})

@@ -83,6 +83,12 @@ def test_dry_run_changes_the_sha256_only_when_set():
     assert JobSpec(dry_run=True).resolved().dry_run is True
 
 
+def test_max_steps_changes_the_sha256_only_when_set():
+    capped = JobSpec.model_validate({"training": {"max_steps": 10}})
+    assert capped.sha256() != JobSpec().sha256()
+    assert JobSpec.model_validate({"training": {"max_steps": None}}).sha256() == JobSpec().sha256()
+
+
 def test_dry_run_must_be_a_boolean():
     with pytest.raises(ValidationError) as caught:
         JobSpec(dry_run="maybe")

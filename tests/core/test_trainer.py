@@ -35,6 +35,20 @@ def test_train_writes_the_run_folder(tmp_path, spec):
     assert sum(e["type"] == "progress" for e in events) == 6
 
 
+def test_max_steps_stops_mid_epoch_and_still_evaluates(tmp_path):
+    spec = tiny_spec(training={"max_steps": 4}, monitor={"every_steps": 100})
+    report = train(spec, tmp_path)
+    rows = _rows(tmp_path)
+    assert [r["step"] for r in rows if r["kind"] == "train"] == [1, 2, 3, 4]  # 1 of epoch 1's 3 steps
+    assert [r["epoch"] for r in rows if r["kind"] == "epoch"] == [0, 1]
+    assert [r["step"] for r in rows if r["kind"] == "monitor"] == [3, 4]  # the closing epoch is checked
+    assert report["steps"] == {"done": 4, "planned": 6}
+    assert 0.0 <= report["final"]["robust_accuracy"] <= report["final"]["clean_accuracy"] + 1e-9
+    train(tiny_spec(monitor={"every_steps": 100}), tmp_path / "whole")
+    whole = _rows(tmp_path / "whole")
+    assert [r for r in rows if r["kind"] == "train"] == [r for r in whole if r["kind"] == "train"][:4]  # same lr
+
+
 def test_resume_after_cancel_matches_an_uninterrupted_run(tmp_path):
     spec = tiny_spec(training={"method": "rs_fgsm"}, dataset={"augment": True})  # uses both random streams
     whole = train(spec, tmp_path / "whole")
