@@ -60,6 +60,8 @@ def record(benchmark: str, rows: list[tuple[str, str]]) -> None:
              "| measure | value |", "|---|---|"] + [f"| {name} | {value} |" for name, value in rows]
     text = "\n".join(lines) + "\n"
     sys.stdout.write(text)
+    if os.environ.get("BENCH_NO_RECORD") == "1":  # trial runs: print only
+        return
     TABLE.parent.mkdir(exist_ok=True)
     if not TABLE.exists():
         TABLE.write_text("# Benchmarks\n\nRows appended by the scripts in `bench/`; each names its machine and command.\n")

@@ -1,0 +1,153 @@
+"""Training throughput of one FGSM-AT step at batch 128 (images/s): our trainer against the reference-style
+loop (bench/reference_loop.py), side by side in one process, plus hardware efficiency.
+
+    python bench/train_throughput.py [--widths 16 64] [--steps 4] [--warmup 1] [--repeats 3] [--device auto]
+
+Ours is the real ``core.trainer.train`` on synthetic CIFAR-shaped data, timed between its per-step
+progress events (data indexing, intervention, schedule and logging included), in fp32 and bf16. The
+reference-style loop is timed the same way between its steps (its DataLoader included). The reference
+runs first: the trainer's allocator setting (core/hostmem.py) cannot be undone within a process.
+
+Hardware efficiency = model FLOPs per image x 3 (forward + backward) x 2 passes (attack + training) x
+images/s, over the FLOP/s of a large matrix product of the same precision measured in this run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+
+from common import record, spread
+
+BATCH = 128
+EPSILON = 8 / 255  # [0, 1] units; FGSM step alpha = epsilon, as the paper's scripts
+
+
+def throughput_spec(width: int, precision: str, steps: int):
+    from core.spec import JobSpec
+
+    return JobSpec.model_validate({
+        "dataset": {"name": "synthetic", "synthetic_train_size": BATCH * steps, "synthetic_test_size": 10},
+        "model": {"width": width},
+        "training": {"method": "fgsm", "epsilon": 8, "epochs": 1, "batch_size": BATCH, "precision": precision},
+        "evaluation": {"pgd_steps": 1, "restarts": 1, "test_subset": 10},
+        "monitor": {"enabled": False},
+    })
+
+
+class StepClock:
+    """Timestamps of the end of every step; images/s over the steps after the warm-up."""
+
+    def __init__(self, device) -> None:
+        import torch
+
+        self.stamps: list[float] = [time.perf_counter()]
+        self.synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def tick(self) -> None:
+        self.synchronize()
+        self.stamps.append(time.perf_counter())
+
+    def images_per_second(self, warmup: int) -> float:
+        timed = self.stamps[warmup:]
+        return BATCH * (len(timed) - 1) / (timed[-1] - timed[0])
+
+
+def ours(width: int, precision: str, steps: int, warmup: int, device) -> float:
+    from core.trainer import Callbacks, train
+
+    clock = StepClock(device)
+    callbacks = Callbacks(on_event=lambda event: clock.tick() if event["type"] == "progress" else None)
+    with tempfile.TemporaryDirectory() as out:
+        train(throughput_spec(width, precision, warmup + steps), out, device, callbacks=callbacks)
+    return clock.images_per_second(warmup)
+
+
+def reference(width: int, steps: int, warmup: int, device) -> float:
+    from reference_loop import ReferenceFGSM, reference_epoch, reference_loader, reference_optimizer
+
+    from core.data import load_dataset
+    from core.models import build_model
+
+    spec = throughput_spec(width, "fp32", warmup + steps)
+    data = load_dataset(spec.dataset, None, spec.seed)
+    model = build_model("preact_resnet18", width, data.num_classes, 3, (32, 32), data.mean, data.std).to(device)
+    loader = reference_loader(data.train.images, data.train.labels, BATCH, spec.seed)
+    optimizer, scheduler = reference_optimizer(model, total_steps=len(loader))
+    clock = StepClock(device)
+    reference_epoch(model, loader, optimizer, scheduler, ReferenceFGSM(model, EPSILON, EPSILON), device,
+                    on_step=clock.tick)
+    return clock.images_per_second(warmup)
+
+
+def forward_flops_per_image(width: int) -> float:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from core.models import build_model
+
+    model = build_model("preact_resnet18", width, 10, 3, (32, 32), (0.5,) * 3, (0.25,) * 3)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(torch.rand(2, 3, 32, 32))
+    return counter.get_total_flops() / 2
+
+
+def matmul_flops(dtype, device, size: int, repeats: int = 5) -> float:
+    """Best FLOP/s of a size x size matrix product."""
+    import torch
+
+    a, b = torch.randn(size, size, dtype=dtype, device=device), torch.randn(size, size, dtype=dtype, device=device)
+    clock = StepClock(device)
+    for _ in range(repeats + 1):
+        a @ b
+        clock.tick()
+    return 2 * size**3 / min(later - earlier for earlier, later in zip(clock.stamps[1:], clock.stamps[2:]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--widths", type=int, nargs="+", default=[16, 64])
+    parser.add_argument("--steps", type=int, default=4, help="timed steps per run")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps per run (>= 1)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args()
+
+    import torch
+
+    from core.trainer import select_device
+
+    device = select_device(args.device)
+    widths, repeats, steps, warmup = args.widths, args.repeats, args.steps, max(1, args.warmup)
+    base = {w: [reference(w, steps, warmup, device) for _ in range(repeats)] for w in widths}
+    fast = {(w, p): [ours(w, p, steps, warmup, device) for _ in range(repeats)]
+            for w in widths for p in ("fp32", "bf16")}
+    size = 8192 if device.type == "cuda" else 2048
+    peak = {"fp32": matmul_flops(torch.float32, device, size), "bf16": matmul_flops(torch.bfloat16, device, size)}
+
+    rows = [("matrix product FLOP/s (fp32 / bf16)", f"{peak['fp32'] / 1e9:.0f} / {peak['bf16'] / 1e9:.0f} G "
+                                                    f"({size}x{size})")]
+    for w in widths:
+        flops = forward_flops_per_image(w)
+        reference_rate = statistics.median(base[w])
+        rows.append((f"width {w}: model forward FLOPs per image", f"{flops / 1e9:.3f} G"))
+        rows.append((f"width {w}: reference-style loop, images/s", spread(base[w])))
+        for precision in ("fp32", "bf16"):
+            rates = fast[(w, precision)]
+            rate = statistics.median(rates)
+            efficiency = flops * 3 * 2 * rate / peak[precision]
+            rows.append((f"width {w}: ours {precision}, images/s", spread(rates)))
+            rows.append((f"width {w}: ours {precision} / reference", f"{rate / reference_rate:.2f}x"))
+            rows.append((f"width {w}: ours {precision} hardware efficiency", f"{100 * efficiency:.0f} % of "
+                                                                               f"{precision} matmul"))
+    allocator = "glibc defaults" if os.environ.get("COSCOPE_KEEP_FREED_MEMORY") == "0" else "keep freed memory"
+    record(f"Training throughput, FGSM-AT step, batch {BATCH}, {device.type}, {steps} timed steps after "
+           f"{warmup} warm-up, {repeats} runs each, our allocator setting: {allocator}", rows)
+
+
+if __name__ == "__main__":
+    main()
