@@ -17,6 +17,7 @@ and accounts for every job: listed exactly once by its own team, succeeded, invi
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import threading
@@ -60,6 +61,7 @@ class Outcome:
     problems: list[str] = field(default_factory=list)
     deliveries: int = 0  # task messages the worker received; more than jobs: duplicates the claim refused
     tracebacks: int = 0  # in the service's logs
+    load_before: float = 0.0  # 1-minute load average when the run started: other work on the machine
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
@@ -236,7 +238,7 @@ def scan_logs(home: Path, outcome: Outcome) -> None:
 def run_load(stack: Stack, jobs: int, clients: int, teams: int, drain_timeout: float) -> Outcome:
     """Submit ``jobs`` dry-run jobs from ``clients`` concurrent clients of ``teams`` teams to a started stack,
     wait for the worker, and account for every job."""
-    outcome = Outcome(jobs, clients, teams)
+    outcome = Outcome(jobs, clients, teams, load_before=os.getloadavg()[0])
     keys = team_keys(stack, teams)
     admin = stack.admin_key()
     began = time.perf_counter()
@@ -283,6 +285,8 @@ def rows(outcome: Outcome, backend: str, requeue_after: float | None = None) -> 
         ("task messages received by the worker", str(outcome.deliveries)),
         ("tracebacks in the service logs", str(outcome.tracebacks)),
         ("problems", "; ".join(outcome.problems[:5]) or "none"),
+        ("1-minute load average before the run", f"{outcome.load_before:.2f} ({os.cpu_count()} cores; "
+                                                 "clients, API and worker share them)"),
     ]
 
 
