@@ -25,12 +25,14 @@ def sections(data_root: str, cuda: bool) -> list[tuple[str, list[str], str | Non
     cifar = (Path(data_root) / "cifar10-jpeg" / "train").is_dir()
     no_cifar = None if cifar else f"no CIFAR-10 images under {data_root}/cifar10-jpeg"
     return [
-        ("throughput", ["train_throughput.py", "--widths", "16", "64", "--steps", "3", "--repeats", "3",
-                        "--device", "cpu"], None),
+        ("throughput-16", ["train_throughput.py", "--widths", "16", "--steps", "6", "--warmup", "3",
+                           "--repeats", "3", "--device", "cpu"], None),
+        ("throughput-64", ["train_throughput.py", "--widths", "64", "--steps", "3", "--warmup", "1",
+                           "--repeats", "3", "--device", "cpu"], None),
         ("evaluation", ["eval_pgd.py", "--images", "32"], None),
-        ("monitor", ["monitor_overhead.py", "--epochs", "1", "--data-root", data_root], no_cifar),
+        ("monitor", ["monitor_overhead.py", "--epochs", "2", "--data-root", data_root], no_cifar),
         ("memory", ["memory.py", "--data-root", data_root], no_cifar),
-        ("service", ["service_overhead.py", "--train-size", "1536", "--epochs", "3"], None),
+        ("service", ["service_overhead.py", "--train-size", "2048", "--epochs", "3"], None),
         ("gpu", ["train_throughput.py", "--widths", "16", "64", "--steps", "20", "--warmup", "5",
                  "--repeats", "3", "--device", "cuda"], None if cuda else "no CUDA device on this machine"),
     ]
