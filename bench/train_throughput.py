@@ -99,33 +99,33 @@ def forward_flops_per_image(width: int) -> float:
     return counter.get_total_flops() / 2
 
 
-def matmul_flops(dtype, device, size: int, repeats: int = 5) -> float:
-    """Best FLOP/s of a size x size matrix product."""
+def best_flops(operation, flops: float, device, repeats: int = 5) -> float:
+    """Best FLOP/s of ``operation`` (which does ``flops`` FLOPs) over ``repeats`` timed calls after one."""
+    clock = StepClock(device)
+    for _ in range(repeats + 1):
+        operation()
+        clock.tick()
+    return flops / min(later - earlier for earlier, later in zip(clock.stamps[1:], clock.stamps[2:]))
+
+
+def matmul_flops(dtype, device, size: int) -> float:
+    """A size x size matrix product."""
     import torch
 
     a, b = torch.randn(size, size, dtype=dtype, device=device), torch.randn(size, size, dtype=dtype, device=device)
-    clock = StepClock(device)
-    for _ in range(repeats + 1):
-        a @ b
-        clock.tick()
-    return 2 * size**3 / min(later - earlier for earlier, later in zip(clock.stamps[1:], clock.stamps[2:]))
+    return best_flops(lambda: a @ b, 2 * size**3, device)
 
 
-def convolution_flops(dtype, device, repeats: int = 5) -> float:
-    """Best FLOP/s of a 3x3 convolution shaped like the network's third stage (batch 128, 256 channels,
-    16x16, channels_last): the kernel the network spends its time in, which can beat the matmul library."""
+def convolution_flops(dtype, device) -> float:
+    """A 3x3 convolution shaped like the network's third stage (batch 128, 256 channels, 16x16,
+    channels_last): the kernel the network spends its time in, which can beat the matmul library."""
     import torch
     import torch.nn.functional as F
 
     layout = torch.channels_last
     x = torch.randn(BATCH, 256, 16, 16, dtype=dtype, device=device).contiguous(memory_format=layout)
     weight = torch.randn(256, 256, 3, 3, dtype=dtype, device=device).contiguous(memory_format=layout)
-    clock = StepClock(device)
-    for _ in range(repeats + 1):
-        F.conv2d(x, weight, padding=1)
-        clock.tick()
-    flops = 2 * BATCH * 16 * 16 * 256 * 256 * 9
-    return flops / min(later - earlier for earlier, later in zip(clock.stamps[1:], clock.stamps[2:]))
+    return best_flops(lambda: F.conv2d(x, weight, padding=1), 2 * BATCH * 16 * 16 * 256 * 256 * 9, device)
 
 
 def main() -> None:
