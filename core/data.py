@@ -132,20 +132,32 @@ def image_folder(folder: Path) -> tuple[Split, Split, int]:
 
 
 def _list_images(split_dir: Path, classes: list[str], root: Path) -> list[tuple[Path, int]]:
+    """(resolved path, label) of every image, by class then name; a link that leaves ``root`` is an error.
+
+    Only links are resolved (``scandir`` tells them apart without a system call per file): resolving all
+    60,000 CIFAR paths took seconds of every job's start.
+    """
     files = []
     for label, name in enumerate(classes):
-        class_dir = split_dir / name
+        class_dir = _inside(root, split_dir / name)
         if not class_dir.is_dir():
-            raise DatasetNotFound(f"class folder {class_dir} is missing")
-        for entry in sorted(class_dir.iterdir()):
-            real = entry.resolve()
-            if os.path.commonpath([root, real]) != str(root):  # a link that leaves the dataset
-                raise SpecError(f"{entry} links outside the dataset folder")
-            if entry.suffix.lower() in IMAGE_SUFFIXES and real.is_file():
+            raise DatasetNotFound(f"class folder {split_dir / name} is missing")
+        with os.scandir(class_dir) as scan:
+            entries = sorted(scan, key=lambda entry: entry.name)
+        for entry in entries:
+            real = _inside(root, Path(entry.path)) if entry.is_symlink() else Path(entry.path)
+            if Path(entry.name).suffix.lower() in IMAGE_SUFFIXES and entry.is_file():  # is_file follows links
                 files.append((real, label))
     if not files:
         raise DatasetNotFound(f"no images found under {split_dir}")
     return files
+
+
+def _inside(root: Path, path: Path) -> Path:
+    real = path.resolve()
+    if os.path.commonpath([root, real]) != str(root):  # a link that leaves the dataset
+        raise SpecError(f"{path} links outside the dataset folder")
+    return real
 
 
 def _decode_cached(split_dir: Path, classes: list[str], root: Path) -> Split:

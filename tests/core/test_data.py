@@ -193,3 +193,22 @@ def test_channel_statistics_in_chunks_match_numpy():
     pixels = images.numpy().transpose(1, 0, 2, 3).reshape(3, -1) / 255.0
     np.testing.assert_allclose(mean, pixels.mean(axis=1), rtol=1e-12)
     np.testing.assert_allclose(std, pixels.std(axis=1, ddof=1), rtol=1e-10)
+
+
+def test_image_links_inside_the_dataset_are_listed_and_links_out_of_it_refused(tmp_path):
+    from core.data import _list_images
+
+    dataset = tmp_path / "dataset"
+    for name in ("cat", "dog"):
+        (dataset / "train" / name).mkdir(parents=True)
+    (dataset / "train" / "cat" / "b.png").write_bytes(b"x")
+    (dataset / "train" / "cat" / "a.png").symlink_to(dataset / "train" / "cat" / "b.png")
+    (dataset / "train" / "dog" / "c.JPG").write_bytes(b"x")
+    (dataset / "train" / "dog" / "notes.txt").write_bytes(b"x")  # not an image: skipped
+    listed = _list_images(dataset / "train", ["cat", "dog"], dataset)
+    assert [(path.name, label) for path, label in listed] == [("b.png", 0), ("b.png", 0), ("c.JPG", 1)]
+
+    (tmp_path / "secret.txt").write_bytes(b"x")
+    (dataset / "train" / "dog" / "z.txt").symlink_to(tmp_path / "secret.txt")  # any link out is an error
+    with pytest.raises(SpecError, match="links outside the dataset folder"):
+        _list_images(dataset / "train", ["cat", "dog"], dataset)
