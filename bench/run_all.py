@@ -24,6 +24,7 @@ def sections(data_root: str, cuda: bool) -> list[tuple[str, list[str], str | Non
     """(name, script and arguments, reason to skip or None)."""
     cifar = (Path(data_root) / "cifar10-jpeg" / "train").is_dir()
     no_cifar = None if cifar else f"no CIFAR-10 images under {data_root}/cifar10-jpeg"
+    no_gpu = None if cuda else "no CUDA device on this machine"
     return [
         ("throughput-16", ["train_throughput.py", "--widths", "16", "--steps", "6", "--warmup", "3",
                            "--repeats", "3", "--device", "cpu"], None),
@@ -34,7 +35,8 @@ def sections(data_root: str, cuda: bool) -> list[tuple[str, list[str], str | Non
         ("memory", ["memory.py", "--data-root", data_root], no_cifar),
         ("service", ["service_overhead.py", "--train-size", "2048", "--epochs", "3"], None),
         ("gpu", ["train_throughput.py", "--widths", "16", "64", "--steps", "20", "--warmup", "5",
-                 "--repeats", "3", "--device", "cuda"], None if cuda else "no CUDA device on this machine"),
+                 "--repeats", "3", "--device", "cuda"], no_gpu),
+        ("gpu-paper", ["paper_setting.py", "--device", "cuda", "--data-root", data_root], no_gpu or no_cifar),
     ]
 
 
