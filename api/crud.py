@@ -271,11 +271,10 @@ def _finish(session: Session, job: Job, status: str, code: str | None, message: 
 # ---- Reconciler -------------------------------------------------------------------------------------
 
 
-def jobs_to_requeue(session: Session, max_attempts: int, requeue_queued_after: float,
-                    finished: list[str] | None = None) -> list[str]:
-    """Running jobs whose lease expired go back to queued (or fail past the attempt cap); queued jobs
-    whose message may have been lost (broker restarted or flushed) are listed for a new message. The ids
-    of jobs this pass finished (cancelled or failed) are appended to ``finished``."""
+def jobs_to_requeue(session: Session, max_attempts: int, finished: list[str] | None = None) -> list[str]:
+    """Running jobs whose lease expired go back to queued (or fail past the attempt cap) and are listed for
+    a new message, with queued jobs whose message was never sent (broker down at submit). The ids of jobs
+    this pass finished (cancelled or failed) are appended to ``finished``."""
     now = utcnow()
     expired = session.scalars(select(Job).where(Job.status == "running", Job.lease_expires_at < now)).all()
     requeue: list[str] = []
@@ -304,10 +303,26 @@ def jobs_to_requeue(session: Session, max_attempts: int, requeue_queued_after: f
             if finished is not None:
                 finished.append(job.id)
         add_event(session, job.id, job.attempt, "status", event)
-    stale = now - dt.timedelta(seconds=requeue_queued_after)
     never_sent = Job.enqueued_at.is_(None) & (Job.created_at < now - dt.timedelta(seconds=5))
-    requeue += session.scalars(select(Job.id).where(Job.status == "queued", (Job.enqueued_at < stale) | never_sent)).all()
+    requeue += session.scalars(select(Job.id).where(Job.status == "queued", never_sent)).all()
     return list(dict.fromkeys(requeue))
+
+
+def stale_queued_jobs(session: Session, queued_for: float) -> dict[str, list[str]]:
+    """Per queue, the jobs whose message was sent over ``queued_for`` seconds ago and that still wait."""
+    stale = utcnow() - dt.timedelta(seconds=queued_for)
+    rows = session.execute(select(Job.queue, Job.id).where(Job.status == "queued", Job.enqueued_at < stale)
+                           .order_by(Job.enqueued_at)).all()
+    found: dict[str, list[str]] = {}
+    for queue, job_id in rows:
+        found.setdefault(queue, []).append(job_id)
+    return found
+
+
+def sent_and_waiting(session: Session, queue: str) -> int:
+    """Queued jobs of ``queue`` whose message was sent: each should have a message waiting in the broker."""
+    return session.scalar(select(func.count()).select_from(Job).where(
+        Job.queue == queue, Job.status == "queued", Job.enqueued_at.is_not(None))) or 0
 
 
 def queues_of(session: Session, job_ids: list[str]) -> dict[str, str]:

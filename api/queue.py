@@ -31,6 +31,22 @@ class Publisher:
             log.warning("could not publish job %s: %s", job_id, error)
             return False
 
+    def message_count(self, queue: str) -> int | None:
+        """Messages waiting in ``queue`` (a queue the broker no longer knows holds none); None when the
+        broker cannot be asked."""
+        from kombu.exceptions import ChannelError
+
+        try:
+            with self.app.connection_for_read() as connection:
+                connection.ensure_connection(max_retries=1, timeout=2)
+                try:
+                    return int(connection.default_channel.queue_declare(queue=queue, passive=True).message_count)
+                except ChannelError:  # flushed or restarted empty: the queue and its bindings are gone
+                    return 0
+        except Exception as error:
+            log.warning("could not count the messages of queue %s: %s", queue, error)
+            return None
+
     def ping(self) -> bool:
         try:
             with self.app.connection_for_write() as connection:
@@ -50,8 +66,10 @@ def publish_and_mark(settings: Settings, publisher: Publisher, job_id: str, queu
 
 class Reconciler(threading.Thread):
     """Every ``reconcile_seconds``: requeue running jobs whose lease expired (or fail them past the attempt
-    cap), and re-send queued jobs whose message may have been lost (broker restarted or flushed). Safe to
-    run anywhere and more than once: workers claim jobs with a compare-and-set."""
+    cap), send queued jobs that never got a message, and re-send the ones waiting longer than
+    ``requeue_queued_after_seconds`` when their queue holds fewer messages than it has jobs waiting (a broker
+    restarted or flushed): a job merely waiting behind a long queue is left alone. Safe to run anywhere and
+    more than once: workers claim jobs with a compare-and-set, so an extra message is a no-op."""
 
     def __init__(self, settings: Settings, publisher: Publisher) -> None:
         super().__init__(name="coscope-reconciler", daemon=True)
@@ -68,9 +86,13 @@ class Reconciler(threading.Thread):
     def reconcile_once(self) -> list[str]:
         finished: list[str] = []
         with session_scope(self.settings.database) as session:
-            ids = crud.jobs_to_requeue(session, self.settings.max_attempts,
-                                       self.settings.requeue_queued_after_seconds, finished)
+            ids = crud.jobs_to_requeue(session, self.settings.max_attempts, finished)
             queues = crud.queues_of(session, ids)
+            for queue, stale in crud.stale_queued_jobs(session, self.settings.requeue_queued_after_seconds).items():
+                held = self.publisher.message_count(queue)
+                if held is None or held < crud.sent_and_waiting(session, queue):  # some message was lost
+                    ids += [job_id for job_id in stale if job_id not in queues]
+                    queues.update(dict.fromkeys(stale, queue))
         for job_id in ids:
             publish_and_mark(self.settings, self.publisher, job_id, queues[job_id])
         for job_id in finished:  # cancelled or failed here, not by a worker: the webhook goes from here
