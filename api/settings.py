@@ -30,7 +30,7 @@ class Settings(BaseSettings):
     webhook_secret: str = "changethis"  # HMAC key for webhooks; must be set outside development
     lease_seconds: float = Field(60.0, gt=0)  # a running job's lease, renewed by the worker's heartbeat
     reconcile_seconds: float = Field(30.0, gt=0)  # period of the reconciler that requeues stuck jobs
-    requeue_queued_after_seconds: float = Field(600.0, gt=0)  # re-send a queued job's message after this
+    requeue_queued_after_seconds: float = Field(600.0, gt=0)  # then re-sent if its queue lost messages
     max_attempts: int = Field(3, ge=1, le=100)  # our own redelivery cap (brokers do not count)
     heartbeat_seconds: float | None = None  # default: lease / 3
     host: str = "127.0.0.1"

@@ -180,9 +180,10 @@ def train(spec: JobSpec, out_dir: str | Path, device: torch.device | str = "cpu"
     a non-finite loss, and ``SpecError`` / ``DatasetNotFound`` / ``CheckpointError`` on bad input.
     """
     device = torch.device(device)
-    if device.type == "cpu":
+    on_cpu = device.type == "cpu"
+    if on_cpu:
         hostmem.keep_freed_memory()
-    aside = ThreadPoolExecutor(max_workers=1, thread_name_prefix="coscope-aside")
+    aside = ThreadPoolExecutor(max_workers=1, thread_name_prefix="coscope-aside") if on_cpu else None
     try:
         run = _Run(spec.resolved(), Path(out_dir), device, data_root, callbacks or Callbacks(), aside)
         if resume:
@@ -191,8 +192,8 @@ def train(spec: JobSpec, out_dir: str | Path, device: torch.device | str = "cpu"
             (run.out / BEST_CHECKPOINT).unlink(missing_ok=True)  # a fresh run never inherits old best weights
         return run.execute()
     finally:
-        aside.shutdown()
-        if device.type == "cpu":
+        if aside is not None:
+            aside.shutdown()
             hostmem.release_freed_memory()  # a worker's next job starts from the baseline footprint
 
 
@@ -200,7 +201,7 @@ class _Run:
     """One training run: the objects it needs, its state, and the phases of ``execute``."""
 
     def __init__(self, spec: JobSpec, out: Path, device: torch.device, data_root: str | Path | None,
-                 callbacks: Callbacks, aside: ThreadPoolExecutor) -> None:
+                 callbacks: Callbacks, aside: ThreadPoolExecutor | None) -> None:
         self.spec, self.out, self.device, self.callbacks, self.aside = spec, out, device, callbacks, aside
         t = self.t = spec.training
         out.mkdir(parents=True, exist_ok=True)
@@ -353,7 +354,7 @@ class _Run:
         step's) come from another malloc arena: interleaved in the training heap, which core.hostmem keeps,
         they fragment it and the next training step needs ~1 GB more at width 64. The kept memory is given
         back before and after, so neither side holds the other's peak. Same numbers either way."""
-        if self.device.type != "cpu":
+        if self.aside is None:
             return work(*args)
         hostmem.release_freed_memory()
         try:
