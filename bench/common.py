@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -67,3 +70,14 @@ def record(benchmark: str, rows: list[tuple[str, str]]) -> None:
         TABLE.write_text("# Benchmarks\n\nRows appended by the scripts in `bench/`; each names its machine and command.\n")
     with open(TABLE, "a", encoding="utf-8") as handle:
         handle.write(text)
+
+
+def coscope_train(spec: dict, *options: str) -> tuple[float, dict]:
+    """Run ``coscope train`` on ``spec`` (a dict) in a fresh process and folder; (wall seconds, report.json)."""
+    with tempfile.TemporaryDirectory() as folder:
+        spec_path, out = Path(folder) / "spec.json", Path(folder) / "run"
+        spec_path.write_text(json.dumps(spec))
+        started = time.perf_counter()
+        subprocess.run([str(Path(sys.executable).parent / "coscope"), "train", str(spec_path), "--out", str(out),
+                        "--quiet", *options], check=True)
+        return time.perf_counter() - started, json.loads((out / "report.json").read_text())

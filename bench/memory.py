@@ -11,15 +11,9 @@ and the report. Peak = the child's maximum resident set size (``getrusage``).
 from __future__ import annotations
 
 import argparse
-import json
 import resource
-import subprocess
-import sys
-import tempfile
-import time
-from pathlib import Path
 
-from common import ROOT, record
+from common import ROOT, coscope_train, record
 
 GIB = 2**30
 
@@ -36,14 +30,7 @@ def job_spec(width: int, precision: str, steps: int) -> dict:
 
 def peak_of_train(spec: dict, data_root: str) -> tuple[int, float, dict]:
     """(peak RSS bytes, wall seconds, report) of one ``coscope train`` process."""
-    with tempfile.TemporaryDirectory() as folder:
-        spec_path, out = Path(folder) / "spec.json", Path(folder) / "run"
-        spec_path.write_text(json.dumps(spec))
-        started = time.perf_counter()
-        subprocess.run([str(Path(sys.executable).parent / "coscope"), "train", str(spec_path), "--out", str(out),
-                        "--data-root", data_root, "--device", "cpu", "--quiet"], check=True)
-        wall = time.perf_counter() - started
-        report = json.loads((out / "report.json").read_text())
+    wall, report = coscope_train(spec, "--data-root", data_root, "--device", "cpu")
     peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # Linux: KiB, largest child so far
     return peak_kib * 1024, wall, report
 

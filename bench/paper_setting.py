@@ -11,15 +11,10 @@ monitor checks, the final evaluation and the report; the report's own timing spl
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
-import sys
-import tempfile
-import time
 from pathlib import Path
 
 import yaml
-from common import ROOT, record
+from common import ROOT, coscope_train, record
 
 
 def main() -> None:
@@ -35,14 +30,7 @@ def main() -> None:
     spec.setdefault("training", {}).update({"precision": args.precision, "max_steps": args.max_steps})
     if args.max_steps:  # a smoke run: a small final evaluation too
         spec["evaluation"] = {**spec.get("evaluation", {}), "test_subset": 64, "pgd_steps": 2, "restarts": 1}
-    with tempfile.TemporaryDirectory() as folder:
-        spec_path, out = Path(folder) / "spec.json", Path(folder) / "run"
-        spec_path.write_text(json.dumps(spec))
-        started = time.perf_counter()
-        subprocess.run([str(Path(sys.executable).parent / "coscope"), "train", str(spec_path), "--out", str(out),
-                        "--data-root", args.data_root, "--device", args.device, "--quiet"], check=True)
-        wall = time.perf_counter() - started
-        report = json.loads((out / "report.json").read_text())
+    wall, report = coscope_train(spec, "--data-root", args.data_root, "--device", args.device)
     timing, final, steps = report["timing"], report["final"], report["steps"]
     record(f"Paper setting end to end, {Path(args.spec).name}, {args.precision}, {args.device}", [
         ("steps done / planned", f"{steps['done']} / {steps['planned']}"),
