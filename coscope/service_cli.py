@@ -78,10 +78,12 @@ def _first_key(settings: Any) -> str | None:
 def _die_with_parent() -> None:
     """Runs in the embedded worker before exec: SIGTERM it when ``coscope serve`` dies, however it dies
     (uvicorn re-raises SIGTERM after a graceful shutdown, so a ``finally`` alone would not run)."""
-    import ctypes
+    from billiard.util import set_pdeathsig  # Celery's own prctl(PR_SET_PDEATHSIG) wrapper
 
-    pr_set_pdeathsig = 1
-    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    try:
+        set_pdeathsig(signal.SIGTERM)
+    except OSError:  # not Linux: no death signal; ``coscope serve`` still stops it on a clean exit
+        pass
 
 
 def _serve(args: argparse.Namespace, settings: Any) -> int:
