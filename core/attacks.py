@@ -50,21 +50,27 @@ class SingleStep:
 
 
 def single_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float, alpha: float,
-                noise: float = 0.0, project: bool = True,
-                generator: torch.Generator | None = None) -> SingleStep:
+                noise: float = 0.0, project: bool = True, generator: torch.Generator | None = None, *,
+                box: bool = True, start_in_box: bool = False) -> SingleStep:
     """delta_0 ~ U(-noise, noise), clip_box; delta = delta_0 + alpha sign(grad); [project to eps]; clip_box.
 
     FGSM: noise 0, alpha = epsilon. RS-FGSM: noise epsilon, alpha 1.25 epsilon. N-FGSM: noise 2 epsilon,
-    alpha epsilon, ``project=False``.
+    alpha epsilon, ``project=False``. As the released code, a noise-free start is delta_0 = 0 exactly, so
+    the gradient is taken at x itself even where an injected image lies outside [0, 1]; ``start_in_box``
+    box-clips that start too (the gradient at clip(x), an option for the ablation in docs/ablation.md).
+    ``box=False`` skips both box clips (the released low-pass training attack).
     """
-    delta = clip_box(uniform_noise(x, noise, generator), x).requires_grad_(True)
+    delta = uniform_noise(x, noise, generator)
+    if box and (noise > 0 or start_in_box):
+        delta = clip_box(delta, x)
+    delta.requires_grad_(True)
     logits = model(x + delta)
     loss = F.cross_entropy(logits.float(), y, reduction="sum")  # sum: the sign is what matters
     (grad,) = torch.autograd.grad(loss, delta)
     step = delta.detach() + alpha * grad.sign()
     if project:
         step = torch.clamp(step, -epsilon, epsilon)
-    return SingleStep(clip_box(step, x), logits.detach(), grad)
+    return SingleStep(clip_box(step, x) if box else step, logits.detach(), grad)
 
 
 def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float, alpha: float | None = None,

@@ -22,6 +22,12 @@ from core.spec import DatasetSpec
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)  # the paper's Normalizer constants (paper-notes §2)
 CIFAR10_STD = (0.2471, 0.2435, 0.2616)
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+TORCHVISION_CLASSES = {
+    "cifar10": CIFAR10_CLASSES,
+    "fashion_mnist": ("t-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
+                      "ankle boot"),
+}
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".gif", ".tif", ".tiff", ".webp")
 
 
@@ -44,6 +50,7 @@ class Dataset:
     num_classes: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    class_names: tuple[str, ...] = ()  # by label; the folder or torchvision names, "0".."K-1" otherwise
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -51,7 +58,8 @@ class Dataset:
         return int(channels), int(height), int(width)
 
     def to(self, device: torch.device | str) -> Dataset:
-        return Dataset(self.train.to(device), self.test.to(device), self.num_classes, self.mean, self.std)
+        return Dataset(self.train.to(device), self.test.to(device), self.num_classes, self.mean, self.std,
+                       self.class_names)
 
 
 def data_root_from(explicit: str | os.PathLike[str] | None) -> Path:
@@ -62,22 +70,27 @@ def data_root_from(explicit: str | os.PathLike[str] | None) -> Path:
 def load_dataset(spec: DatasetSpec, data_root: str | os.PathLike[str] | None, seed: int) -> Dataset:
     """Load, subset (stratified, seeded) and describe the dataset a spec names. Tensors stay on the CPU."""
     root = data_root_from(data_root)
+    names: tuple[str, ...] = ()
     if spec.name == "synthetic":
         train, test, num_classes = synthetic(spec, seed)
     elif spec.name == "imagefolder":
         assert spec.path is not None  # guaranteed by the spec validator
-        train, test, num_classes = image_folder(resolve_inside(root, spec.path))
+        folder = resolve_inside(root, spec.path)
+        train, test, num_classes = image_folder(folder)
+        names = tuple(folder_classes(folder))
     else:
         train, test, num_classes = torchvision_dataset(spec.name, root)
+        names = TORCHVISION_CLASSES.get(spec.name, ())
     if spec.train_subset is not None:
         train = stratified_subset(train, spec.train_subset, seed)
     if spec.test_subset is not None:
         test = stratified_subset(test, spec.test_subset, seed + 1)
-    if spec.name == "cifar10":
+    if spec.normalization == "cifar10" or (spec.normalization == "auto" and spec.name == "cifar10"):
         mean, std = CIFAR10_MEAN, CIFAR10_STD
     else:
         mean, std = channel_statistics(train.images)
-    return Dataset(train, test, num_classes, mean, std)
+    names = names if len(names) == num_classes else tuple(str(k) for k in range(num_classes))
+    return Dataset(train, test, num_classes, mean, std, names)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -118,12 +131,17 @@ def resolve_inside(root: Path, relative: str) -> Path:
     return target
 
 
+def folder_classes(folder: Path) -> list[str]:
+    """Class names of an ImageFolder layout: the sub-folders of ``train``, sorted (their labels' order)."""
+    return sorted(entry.name for entry in (folder / "train").iterdir() if entry.is_dir())
+
+
 def image_folder(folder: Path) -> tuple[Split, Split, int]:
     """An ImageFolder layout ``folder/{train,test}/<class>/<image>``; classes in sorted order."""
     for part in ("train", "test"):
         if not (folder / part).is_dir():
             raise DatasetNotFound(f"expected an image folder at {folder / part} (with one sub-folder per class)")
-    classes = sorted(entry.name for entry in (folder / "train").iterdir() if entry.is_dir())
+    classes = folder_classes(folder)
     if not classes:
         raise DatasetNotFound(f"no class folders found in {folder / 'train'}")
     train = _decode_cached(folder / "train", classes, folder)
@@ -242,21 +260,35 @@ def torchvision_dataset(name: str, root: Path) -> tuple[Split, Split, int]:
 # Subsets, statistics, batching, augmentation
 
 
-def stratified_subset(split: Split, size: int, seed: int) -> Split:
-    """``size`` samples whose class proportions match the split's, chosen by a seeded permutation."""
-    count = len(split)
-    if size >= count:
-        return split
+def balanced_order(labels: torch.Tensor, seed: int) -> torch.Tensor:
+    """A seeded permutation of ``range(len(labels))`` in which every prefix is class-stratified.
+
+    Within each class the order is a seeded permutation; classes are then interleaved by each sample's
+    rank within its class as a fraction of the class size, so the first k indices hold every class in
+    proportion (up to one sample). Take ``balanced_order(labels, seed)[:k]``, never ``split[:k]``: splits may
+    be sorted by class.
+    """
+    count = int(labels.shape[0])
     order = torch.randperm(count, generator=torch.Generator().manual_seed(seed))
-    labels = split.labels[order]
-    # rank of each sample within its class, in permutation order, as a fraction of the class size:
-    # taking the smallest fractions takes every class in proportion
+    permuted = labels.cpu()[order]
     rank = torch.zeros(count, dtype=torch.float64)
-    for label in labels.unique():
-        members = (labels == label).nonzero().squeeze(1)
+    for label in permuted.unique():
+        members = (permuted == label).nonzero().squeeze(1)
         rank[members] = torch.arange(members.numel(), dtype=torch.float64) / members.numel()
-    chosen = order[torch.sort(rank, stable=True).indices[:size]]
-    chosen = torch.sort(chosen).values
+    return order[torch.sort(rank, stable=True).indices]
+
+
+def class_counts(labels: torch.Tensor, num_classes: int) -> list[int]:
+    """Images per class, for reports that say which classes were measured."""
+    return torch.bincount(labels.cpu(), minlength=num_classes).tolist()
+
+
+def stratified_subset(split: Split, size: int, seed: int) -> Split:
+    """``size`` samples whose class proportions match the split's, chosen by a seeded permutation (kept in
+    index order: the subset is as sorted as the split; consumers draw with ``balanced_order``)."""
+    if size >= len(split):
+        return split
+    chosen = torch.sort(balanced_order(split.labels, seed)[:size]).values
     return Split(split.images[chosen], split.labels[chosen])
 
 

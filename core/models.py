@@ -42,10 +42,18 @@ class DCTFilter(nn.Module):
 
 
 class PreActBlock(nn.Module):
-    """Pre-activation basic block (He et al. 2016): BN-ReLU-conv twice, shortcut from the first BN-ReLU."""
+    """Pre-activation basic block: BN-ReLU-conv twice plus a shortcut.
 
-    def __init__(self, in_planes: int, planes: int, stride: int) -> None:
+    out = conv2(relu(bn2(conv1(relu(bn1(x)))))) + s, where s = x when the shape is kept, else a 1x1 strided
+    projection of x (``project_from="input"``: the paper's released PreActResNet18) or of relu(bn1(x))
+    (``"preact"``: He et al. 2016, as fast-AT codes).
+    """
+
+    def __init__(self, in_planes: int, planes: int, stride: int, project_from: str = "input") -> None:
         super().__init__()
+        if project_from not in ("input", "preact"):
+            raise ValueError(f"project_from must be 'input' or 'preact', got {project_from!r}")
+        self.project_from = project_from
         self.bn1 = nn.BatchNorm2d(in_planes)
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
@@ -56,7 +64,10 @@ class PreActBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(x))
-        shortcut = self.shortcut(out) if self.shortcut is not None else x
+        if self.shortcut is None:
+            shortcut = x
+        else:
+            shortcut = self.shortcut(x if self.project_from == "input" else out)
         out = self.conv1(out)
         out = self.conv2(F.relu(self.bn2(out)))
         return out + shortcut
@@ -66,15 +77,17 @@ class PreActResNet18(nn.Module):
     """PreActResNet18 of the paper: stem conv, 4 stages x 2 blocks (width, 2w, 4w, 8w), BN-ReLU-pool-linear.
 
     ``width`` = 64 is the paper's network; the global average pool equals avg_pool(4) on 32x32 inputs.
+    ``project_from``: see ``PreActBlock`` ("input" is the paper's).
     """
 
-    def __init__(self, num_classes: int = 10, width: int = 64, in_channels: int = 3) -> None:
+    def __init__(self, num_classes: int = 10, width: int = 64, in_channels: int = 3,
+                 project_from: str = "input") -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, width, 3, stride=1, padding=1, bias=False)
         stages, in_planes = [], width
         for multiplier, stride in ((1, 1), (2, 2), (4, 2), (8, 2)):
             planes = width * multiplier
-            stages += [PreActBlock(in_planes, planes, stride), PreActBlock(planes, planes, 1)]
+            stages += [PreActBlock(in_planes, planes, stride, project_from), PreActBlock(planes, planes, 1)]
             in_planes = planes
         self.layers = nn.Sequential(*stages)
         self.bn = nn.BatchNorm2d(in_planes)
@@ -103,8 +116,9 @@ class SmallCNN(nn.Module):
 def build_model(arch: str, width: int, num_classes: int, in_channels: int, image_size: tuple[int, int],
                 mean: Sequence[float], std: Sequence[float], spectral: tuple[int, str] | None = None) -> nn.Module:
     """Normalize -> [DCT filter] -> network. ``spectral`` = (bandwidth, 'low' | 'high') or None."""
-    if arch == "preact_resnet18":
-        net: nn.Module = PreActResNet18(num_classes, width, in_channels)
+    if arch in ("preact_resnet18", "preact_resnet18_he"):
+        project_from = "input" if arch == "preact_resnet18" else "preact"
+        net: nn.Module = PreActResNet18(num_classes, width, in_channels, project_from)
     elif arch == "small_cnn":
         net = SmallCNN(num_classes, width, in_channels)
         with torch.no_grad():  # materialise the lazy layer so the parameter list is fixed before SGD

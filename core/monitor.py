@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from core.attacks import evaluating, gradient_cosine, input_gradient, pgd, single_step, uniform_noise
-from core.data import Dataset
+from core.data import Dataset, balanced_order, class_counts
 from core.evaluate import InputTransform
 from core.interventions import carrier_basis, carrier_only_probe, carriers, inject
 from core.probes import carrier_share, linearity_error, top_hessian_eigenvalue
@@ -35,22 +35,26 @@ class Monitor:
     def __init__(self, spec: JobSpec, data: Dataset, transform: InputTransform, device: torch.device) -> None:
         self.spec, self.settings = spec, spec.monitor
         self.epsilon = spec.training.epsilon * PER_255
+        # class-stratified draws whose every prefix is stratified too: the indicators read the first
+        # ``indicator_images``, the curvature probe the first CURVATURE_IMAGES (splits may be sorted by class)
         count = min(self.settings.train_images, len(data.train))
-        order = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(spec.seed + 17))
-        self.indices = sorted(order[:count].tolist())  # stored in the report: same images all run
+        self.indices = balanced_order(data.train.labels, spec.seed + 17)[:count].tolist()  # in the report
         index = torch.tensor(self.indices, device=device)
         self.y = data.train.labels[index]
         self.x = transform(data.train.images[index], self.y)
-        test_count = min(self.settings.test_images, len(data.test))
-        self.test_y = data.test.labels[:test_count]
-        self.test_x = transform(data.test.images[:test_count], self.test_y)
+        self.class_counts = class_counts(self.y, data.num_classes)
+        self.indicator_class_counts = class_counts(self.y[:self.settings.indicator_images], data.num_classes)
+        test_order = balanced_order(data.test.labels, spec.seed + 19).to(device)
+        test_index = test_order[:min(self.settings.test_images, len(data.test))]
+        self.test_y = data.test.labels[test_index]
+        self.test_x = transform(data.test.images[test_index], self.test_y)
         self.injected = spec.intervention.kind in ("inject", "inject_orthogonal")
         self.class_carriers = carriers(data.num_classes, data.image_shape).to(device)
         self.basis = carrier_basis(self.class_carriers)
         if self.injected:  # x - beta v_y: the carrier now points to another class (paper-notes §3.4)
-            probe_count = min(len(data.test), max(test_count, count))
-            labels = data.test.labels[:probe_count]
-            clean = transform(data.test.images[:probe_count], labels)
+            probe_index = test_order[:min(len(data.test), max(len(test_index), count))]
+            labels = data.test.labels[probe_index]
+            clean = transform(data.test.images[probe_index], labels)
             beta = spec.intervention.beta * PER_255
             self.reversed_x = inject(clean, labels, -2 * beta, self.class_carriers)  # remove, then reverse
             self.reversed_y = labels

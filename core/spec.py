@@ -33,6 +33,8 @@ class DatasetSpec(_Section):
     train_subset: Subset | None = None  # stratified, seeded; None = all training images
     test_subset: Subset | None = None  # stratified, seeded; None = all test images
     augment: bool = False  # random crop (pad 4) + horizontal flip, on device; paper: off for injected runs
+    normalization: Literal["auto", "cifar10", "computed"] = "auto"  # the model's input mean/std: auto = the
+    # paper's CIFAR-10 constants for cifar10, the training split's channel statistics otherwise
     # synthetic data only: a seeded, learnable class-wise pattern task for tests and demos
     synthetic_train_size: int = Field(2048, ge=10, le=200_000)
     synthetic_test_size: int = Field(512, ge=10, le=100_000)
@@ -58,7 +60,8 @@ class InterventionSpec(_Section):
 
 
 class ModelSpec(_Section):
-    arch: Literal["preact_resnet18", "small_cnn"] = "preact_resnet18"
+    arch: Literal["preact_resnet18", "preact_resnet18_he", "small_cnn"] = "preact_resnet18"  # preact_resnet18:
+    # the paper's block (projection shortcut on the block input); _he: on relu(bn1(x)) (He et al. 2016)
     width: int = Field(64, ge=4, le=512)  # PreActResNet18 base width; 64 = the paper's
 
 
@@ -78,6 +81,13 @@ class TrainingSpec(_Section):
     weight_decay: float = Field(5e-4, ge=0.0, le=1.0)
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16 = autocast forward passes, fp32 weights/optimizer
     channels_last: bool = True  # memory format of activations; numerically the same algorithm
+    last_batch: Literal["keep", "drop", "drop_small"] = "drop_small"  # an epoch's last, smaller batch:
+    # keep (the paper: 50,000 images leave 80), drop, or drop_small = drop it when under half a batch
+    # (10,000 images leave 16 whose BatchNorm statistics and full-lr step collapsed N-FGSM; docs/ablation.md)
+    attack_start: Literal["input", "box_clipped"] = "input"  # where a noise-free single-step attack takes
+    # its gradient: at the input itself, as the released code (delta_0 = 0 at an injected image, pixels
+    # may lie outside [0, 1]), or at its box-clipped version (coscope before issue 11; inverts B2)
+    clip_box: bool = True  # the training attack keeps x + delta in [0, 1]; the released low-pass configs: False
     log_every: int = Field(20, ge=1, le=100_000)  # steps between logged training metrics
     max_steps: int | None = Field(None, ge=1, le=100_000_000)  # stop early (smoke tests, benchmarks); the
     # schedule still spans all epochs, the epoch in progress is closed and evaluated as usual
@@ -104,6 +114,8 @@ class EvaluationSpec(_Section):
     step_size: Per255 = 2.0  # /255
     test_subset: Subset | None = None  # images attacked by the final PGD; None = whole test set
     batch_size: int = Field(512, ge=1, le=8192)
+    autoattack: Literal["off", "standard"] = "off"  # standard: APGD-CE, APGD-T, FAB-T, Square at the training
+    # epsilon (Croce & Hein 2020), on the same class-stratified images as the PGD evaluation
 
 
 class MonitorSpec(_Section):
@@ -148,6 +160,8 @@ class JobSpec(_Section):
         if self.training.method == "standard" and self.training.alpha not in (None, 0.0):
             raise ValueError("training.alpha has no meaning for method 'standard'")
         injected = self.intervention.kind in ("inject", "inject_orthogonal")
+        if not self.training.clip_box and self.training.method not in ("fgsm", "rs_fgsm", "n_fgsm", "grad_align"):
+            raise ValueError("training.clip_box false applies to single-step methods only")
         if self.monitor.curvature_subspace != "full" and not injected:
             raise ValueError("monitor.curvature_subspace 'carrier'/'complement' needs an inject intervention")
         return self

@@ -1,0 +1,151 @@
+"""The CPU-scale CO experiments of issue 11: each claim's setting, one engine difference at a time, 3 seeds.
+
+    python bench/ablation.py run   [--only GLOB ...] [--seeds 0 1 2] [--jobs 2] [--data-root ../shared/data]
+    python bench/ablation.py table [--only GLOB ...]        # markdown rows for docs/ablation.md
+
+Every run is `coscope train` of a spec built here (shared CIFAR-10 JPEG images, 10,000 training images drawn
+class-stratified, PreActResNet18 width 16, batch 128, final PGD-50-10 on 500 class-stratified test images)
+into runs/ablation/<arm>-seed<k>; a run whose report.json exists is skipped, so the command resumes. With
+``--jobs 2`` two runs share the machine, one thread each (about 10 % more images/s than one run on two
+threads on the 2-core machine); each report records its thread count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import fnmatch
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "runs" / "ablation"
+
+BASE = {
+    "dataset": {"name": "imagefolder", "path": "cifar10-jpeg", "train_subset": 10_000, "test_subset": 1000},
+    "model": {"arch": "preact_resnet18", "width": 16},
+    "training": {"method": "fgsm", "batch_size": 128},
+    "evaluation": {"pgd_steps": 50, "restarts": 10, "test_subset": 500},
+}
+PLAIN, INJECT_4, INJECT_8 = {"kind": "none"}, {"kind": "inject", "beta": 4}, {"kind": "inject", "beta": 8}
+
+# setting: (claim, intervention, training) -- epsilon and beta in /255, as in a spec
+SETTINGS = {
+    "nfgsm-eps8": ("N-FGSM avoids CO at eps 8", PLAIN, {"method": "n_fgsm", "epsilon": 8, "epochs": 10}),
+    "b1-plain-eps6": ("B1: no CO at small eps on plain data", PLAIN, {"epsilon": 6, "epochs": 15}),
+    "b2-beta4-eps6": ("B2: CO induced by a carrier with beta < eps", INJECT_4, {"epsilon": 6, "epochs": 15}),
+    "b4-beta8-eps6": ("B4: beta > eps is a robust feature, no CO", INJECT_8, {"epsilon": 6, "epochs": 15}),
+    "plain-eps8": ("plain data at eps 8: CO expected", PLAIN, {"epsilon": 8, "epochs": 15}),
+}
+# arm name: (setting, overrides of the fixed engine's defaults); "default" is the engine as shipped
+ARMS = {
+    "nfgsm-eps8.default": ("nfgsm-eps8", {}),
+    "nfgsm-eps8.keep-last-batch": ("nfgsm-eps8", {"training": {"last_batch": "keep"}}),
+    "b2-beta4-eps6.default": ("b2-beta4-eps6", {}),
+    "b2-beta4-eps6.start-box-clipped": ("b2-beta4-eps6", {"training": {"attack_start": "box_clipped"}}),
+    "b1-plain-eps6.default": ("b1-plain-eps6", {}),
+    "b4-beta8-eps6.default": ("b4-beta8-eps6", {}),
+    "plain-eps8.default": ("plain-eps8", {}),
+    "nfgsm-eps8.he-block": ("nfgsm-eps8", {"model": {"arch": "preact_resnet18_he"}}),
+    "nfgsm-eps8.cifar10-constants": ("nfgsm-eps8", {"dataset": {"normalization": "cifar10"}}),
+    "b2-beta4-eps6.keep-last-batch": ("b2-beta4-eps6", {"training": {"last_batch": "keep"}}),
+}
+
+
+def merged(base: dict, overrides: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in overrides.items():
+        out[key] = merged(out.get(key, {}), value) if isinstance(value, dict) else value
+    return out
+
+
+def spec_for(arm: str, seed: int) -> dict:
+    setting, overrides = ARMS[arm]
+    _, intervention, training = SETTINGS[setting]
+    spec = merged(BASE, {"seed": seed, "intervention": intervention, "training": training})
+    return merged(spec, overrides)
+
+
+def run_one(arm: str, seed: int, data_root: str) -> str:
+    out = OUT / f"{arm}-seed{seed}"
+    if (out / "report.json").exists():
+        return f"{out.name}: done before"
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as handle:
+        yaml.safe_dump(spec_for(arm, seed), handle)
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    log = OUT / f"{out.name}.log"
+    with open(log, "w") as sink:
+        code = subprocess.call([sys.executable, "-m", "coscope.cli", "train", handle.name, "--out", str(out),
+                                "--data-root", data_root, "--quiet"], stdout=sink, stderr=subprocess.STDOUT,
+                               env=env, cwd=ROOT)
+    os.unlink(handle.name)
+    return f"{out.name}: {'ok' if code == 0 else f'FAILED ({code}), see {log}'}"
+
+
+def selected(only: list[str] | None) -> list[str]:
+    return [arm for arm in ARMS if only is None or any(fnmatch.fnmatch(arm, pattern) for pattern in only)]
+
+
+def run(args: argparse.Namespace) -> None:
+    OUT.mkdir(parents=True, exist_ok=True)
+    work = [(arm, seed) for seed in args.seeds for arm in selected(args.only)]  # every arm's seed 0 first
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        for line in pool.map(lambda job: run_one(*job, args.data_root), work):
+            print(line, flush=True)
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}"
+
+
+def row(arm: str, seed: int) -> str | None:
+    run_dir = OUT / f"{arm}-seed{seed}"
+    if not (run_dir / "report.json").exists():
+        return None
+    report = json.loads((run_dir / "report.json").read_text())
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
+    monitor = [r for r in rows if r["kind"] == "monitor"]
+    co, final = report["co"], report["final"]
+    peak = max(monitor, key=lambda r: r["pgd_accuracy"])
+    last = monitor[-1]
+    onset = f"{co['onset_step']} ({co['rule']['name']})" if co["detected"] else "-"
+    counts = final["attack"].get("class_counts")
+    balanced = "yes" if counts and max(counts) - min(counts) <= 1 else f"{counts}"
+    return (f"| {arm} | {seed} | {co.get('verdict_code', 'co' if co['detected'] else 'no_co')} | {onset} "
+            f"| {_pct(peak['pgd_accuracy'])} @ {peak['step']} | {_pct(last['pgd_accuracy'])} "
+            f"| {_pct(last['fgsm_accuracy'])} / {_pct(last['clean_accuracy'])} "
+            f"| {_pct(final['clean_accuracy'])} | {_pct(final['robust_accuracy'])} | {report['steps']['done']} "
+            f"| {balanced} |")
+
+
+def table(args: argparse.Namespace) -> None:
+    print("| arm | seed | verdict | onset step (rule) | monitor PGD peak % @ step | monitor PGD last % "
+          "| monitor FGSM / clean last % | final clean % | final PGD-50-10 % | steps | attacked classes balanced |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for arm in selected(args.only):
+        for seed in args.seeds:
+            line = row(arm, seed)
+            if line:
+                print(line)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("action", choices=("run", "table"))
+    parser.add_argument("--only", nargs="+", default=None, help="globs over arm names, e.g. 'b2-*'")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data"))
+    args = parser.parse_args()
+    run(args) if args.action == "run" else table(args)
+
+
+if __name__ == "__main__":
+    main()
