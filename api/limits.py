@@ -21,6 +21,9 @@ DATASET_SIZES = {"cifar10": (50_000, 10_000), "cifar100": (50_000, 10_000), "svh
                  "mnist": (60_000, 10_000), "fashion_mnist": (60_000, 10_000),
                  "imagefolder": (50_000, 10_000)}
 MONITOR_PASSES = 6  # per monitor image and check besides its PGD: clean, FGSM (2), grad alignment (2), ELLE
+AUTOATTACK_PASSES = 4_000  # per attacked image that survives all of standard AutoAttack: APGD-CE 100, APGD-T
+# 9 x 100, FAB-T 9 x 100 (a forward and a Jacobian each), Square 5000 forwards (a third of a pass); broken
+# images stop early (measured: about 2,500 per robust image at width 16)
 
 
 def attack_passes(spec: JobSpec) -> int:
@@ -37,7 +40,8 @@ def model_factor(spec: JobSpec) -> float:
 
 
 def estimate_cost(spec: JobSpec) -> float:
-    """Estimated image-passes of a job: training, CO-monitor checks and the final PGD evaluation."""
+    """Estimated image-passes of a job: training, CO-monitor checks and the final PGD (and AutoAttack)
+    evaluation."""
     data, training, evaluation, monitor = spec.dataset, spec.training, spec.evaluation, spec.monitor
     if data.name == "synthetic":
         train_size, test_size = data.synthetic_train_size, data.synthetic_test_size
@@ -58,6 +62,8 @@ def estimate_cost(spec: JobSpec) -> float:
             curvature_checks = training.epochs // monitor.curvature_every_epochs
             cost += curvature_checks * images * monitor.curvature_iterations * 2
     cost += test + attacked * evaluation.restarts * (evaluation.pgd_steps + 1)
+    if evaluation.autoattack == "standard":
+        cost += attacked * AUTOATTACK_PASSES
     return cost * model_factor(spec)
 
 

@@ -54,6 +54,8 @@ ARMS = {
     "b4-beta8-eps6.default": ("b4-beta8-eps6", {}),
     "plain-eps8.default": ("plain-eps8", {}),
     "nfgsm-eps8.he-block": ("nfgsm-eps8", {"model": {"arch": "preact_resnet18_he"}}),
+    "nfgsm-eps8.he-block-keep-last-batch": ("nfgsm-eps8", {"model": {"arch": "preact_resnet18_he"},
+                                                           "training": {"last_batch": "keep"}}),
     "nfgsm-eps8.cifar10-constants": ("nfgsm-eps8", {"dataset": {"normalization": "cifar10"}}),
     "b2-beta4-eps6.keep-last-batch": ("b2-beta4-eps6", {"training": {"last_batch": "keep"}}),
 }
@@ -95,7 +97,8 @@ def selected(only: list[str] | None) -> list[str]:
 
 def run(args: argparse.Namespace) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
-    work = [(arm, seed) for seed in args.seeds for arm in selected(args.only)]  # every arm's seed 0 first
+    arms = selected(args.only)  # setting by setting, each seed's arms side by side (two at a time)
+    work = [(arm, seed) for setting in SETTINGS for seed in args.seeds for arm in arms if ARMS[arm][0] == setting]
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         for line in pool.map(lambda job: run_one(*job, args.data_root), work):
             print(line, flush=True)
@@ -118,7 +121,7 @@ def row(arm: str, seed: int) -> str | None:
     onset = f"{co['onset_step']} ({co['rule']['name']})" if co["detected"] else "-"
     counts = final["attack"].get("class_counts")
     balanced = "yes" if counts and max(counts) - min(counts) <= 1 else f"{counts}"
-    return (f"| {arm} | {seed} | {co.get('verdict_code', 'co' if co['detected'] else 'no_co')} | {onset} "
+    return (f"| {arm} | {seed} | {co['verdict']} | {onset} "
             f"| {_pct(peak['pgd_accuracy'])} @ {peak['step']} | {_pct(last['pgd_accuracy'])} "
             f"| {_pct(last['fgsm_accuracy'])} / {_pct(last['clean_accuracy'])} "
             f"| {_pct(final['clean_accuracy'])} | {_pct(final['robust_accuracy'])} | {report['steps']['done']} "

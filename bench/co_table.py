@@ -1,4 +1,5 @@
-"""Markdown table of the CO experiments written by bench/co_runs.sh.
+"""Markdown tables of the CO experiments written by bench/co_runs.sh: one row per run, then the final
+robust accuracy per class (PGD-50-10, and AutoAttack where the run measured it).
 
     python bench/co_table.py [runs/co]
 """
@@ -11,7 +12,7 @@ from pathlib import Path
 
 
 def row(run: Path) -> str:
-    report = json.loads((run / "report.json").read_text())
+    report = _report(run)
     monitor = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     monitor = [r for r in monitor if r["kind"] == "monitor"]
     co, final = report["co"], report["final"]
@@ -20,20 +21,49 @@ def row(run: Path) -> str:
     last = monitor[-1]
     onset = (f"step {co['onset_step']} (epoch {co['onset_epoch']}), {co['rule']['name']}" if co["detected"]
              else "none")
+    autoattack = f"{final['autoattack']['accuracy']:.3f}" if "autoattack" in final else "-"
     return (f"| {run.name} | {'**CO**' if co['detected'] else 'no CO'} | {onset} "
             f"| {peak['pgd_accuracy']:.3f} @ {peak['step']} | {last['pgd_accuracy']:.3f} "
             f"| {last['fgsm_accuracy']:.3f} / {last['clean_accuracy']:.3f} "
             f"| {final['clean_accuracy']:.3f} | {final['robust_accuracy']:.3f} "
+            f"| {autoattack} "
             f"| {best['final']['robust_accuracy']:.3f} (step {best['step']}) |")
+
+
+def class_row(run: Path) -> str:
+    """Final robust accuracy per class: PGD, or "PGD / AutoAttack"."""
+    final = _report(run)["final"]
+    cells = [_fraction(c["robust_accuracy"]) for c in final["per_class"]]
+    if "autoattack" in final:
+        cells = [f"{cell} / {_fraction(c['robust_accuracy'])}"
+                 for cell, c in zip(cells, final["autoattack"]["per_class"], strict=True)]
+    return f"| {run.name} | " + " | ".join(cells) + " |"
+
+
+def _fraction(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _report(run: Path) -> dict:
+    return json.loads((run / "report.json").read_text())
 
 
 def main() -> None:
     root = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/co")
+    runs = sorted(p for p in root.iterdir() if (p / "report.json").exists())
     print("| run | verdict | onset | monitor PGD peak | monitor PGD last | monitor FGSM / clean last "
-          "| final clean | final PGD-50-10 | best weights PGD-50-10 |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for run in sorted(p for p in root.iterdir() if (p / "report.json").exists()):
+          "| final clean | final PGD-50-10 | final AutoAttack | best weights PGD-50-10 |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for run in runs:
         print(row(run))
+    with_classes = [run for run in runs if _report(run)["final"].get("per_class")]
+    if with_classes:
+        names = [c["name"] for c in _report(with_classes[0])["final"]["per_class"]]
+        print("\nFinal robust accuracy per class: PGD-50-10, or PGD-50-10 / AutoAttack\n")
+        print("| run | " + " | ".join(names) + " |")
+        print("|---|" + "---|" * len(names))
+        for run in with_classes:
+            print(class_row(run))
 
 
 if __name__ == "__main__":

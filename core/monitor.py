@@ -23,7 +23,7 @@ from core.attacks import evaluating, gradient_cosine, input_gradient, pgd, singl
 from core.data import Dataset, balanced_order, class_counts
 from core.evaluate import InputTransform
 from core.interventions import carrier_basis, carrier_only_probe, carriers, inject
-from core.probes import carrier_share, linearity_error, top_hessian_eigenvalue
+from core.probes import carrier_share, linearity_error, top_hessian_eigenvalues
 from core.spec import PER_255, JobSpec
 
 CURVATURE_IMAGES = 32  # monitor images used by the (costly) Hessian probe
@@ -75,10 +75,12 @@ class Monitor:
                 row["carrier_only_accuracy"] = _accuracy(model, self.carrier_x, self.carrier_y)
             if curvature:
                 subspace = self.settings.curvature_subspace
-                row[f"hessian_top_eigenvalue_{subspace}"] = top_hessian_eigenvalue(
+                eigenvalues = top_hessian_eigenvalues(
                     model, self.x[:CURVATURE_IMAGES], self.y[:CURVATURE_IMAGES],
                     self.settings.curvature_iterations, subspace=subspace,
                     basis=None if subspace == "full" else self.basis, generator=generator)
+                row[f"hessian_top_eigenvalue_max_{subspace}"] = float(eigenvalues.max())  # the released code's
+                row[f"hessian_top_eigenvalue_mean_{subspace}"] = float(eigenvalues.mean())
         return row
 
     def _attack_metrics(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator,

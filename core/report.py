@@ -1,7 +1,8 @@
 """The run folder's human-facing outputs: report.json, summary.md and curves.png.
 
 matplotlib is imported only when a plot is drawn. ``render_run`` rebuilds all three from report.json and
-metrics.jsonl (``coscope report RUN_DIR``), re-running the pure onset rule on the stored monitor rows.
+metrics.jsonl (``coscope report RUN_DIR``), re-running the pure onset rules and verdict (``core.co``) on the
+stored monitor rows.
 """
 
 from __future__ import annotations
@@ -10,33 +11,62 @@ import json
 from pathlib import Path
 from typing import Any
 
-from core.co import Onset, detect_onset, verdict_text
+from core.co import Onset, Verdict, chance_level, classify, verdict_text
 from core.spec import JobSpec
+
+MAX_TABLE_CLASSES = 20  # summary.md lists per-class accuracies up to this many classes
 
 
 def write_run_summary(out: Path, report: dict[str, Any], history: list[dict[str, Any]]) -> str:
-    """Write report.json (with ``co.verdict``), summary.md and curves.png; return the verdict sentence."""
+    """Write report.json (with ``co.verdict`` and ``co.verdict_text``), summary.md and curves.png; return
+    the verdict line ("code: sentence")."""
     spec = JobSpec.model_validate(report["spec"])
     monitor = [row for row in history if row["kind"] == "monitor"]
-    onset = detect_onset(monitor, spec.monitor) if monitor else None
-    verdict = verdict_text(onset, monitor, spec.monitor) if monitor else "No CO monitor ran (monitor.enabled: false)."
-    if report.get("co") is not None:  # re-rendering applies the current rule to the stored checks
-        report["co"].update(onset_fields(onset), verdict=verdict)
+    co, verdict = report.get("co"), None
+    if co is None:
+        text = "No CO monitor ran (monitor.enabled: false)."
+    elif not monitor:
+        text = "No monitor checks were recorded, so catastrophic overfitting could not be assessed."
+        co.update(onset_fields(None), verdict=None, verdict_text=text)
+    else:  # re-rendering applies the current rules to the stored checks
+        verdict = run_verdict(report, monitor, spec)
+        text = verdict_text(verdict, monitor)
+        co.update(verdict_fields(verdict), verdict_text=text)
     (out / "report.json").write_text(json.dumps(report, indent=2))
-    (out / "summary.md").write_text(summary_markdown(report, verdict))
-    plot_curves(history, out / "curves.png", onset)
-    return verdict
+    summary_verdict = f"`{verdict.code}`: {text}" if verdict else text
+    (out / "summary.md").write_text(summary_markdown(report, summary_verdict))
+    plot_curves(history, out / "curves.png", verdict.onset if verdict and verdict.code == "co" else None,
+                final=report.get("final"))
+    return f"{verdict.code}: {text}" if verdict else text
+
+
+def run_verdict(report: dict[str, Any], monitor: list[dict[str, Any]], spec: JobSpec) -> Verdict:
+    """``core.co.classify`` with what the report knows: the monitor set's class counts (1 / classes in
+    reports from before they were stored) and the final PGD accuracy, when it measured the last weights."""
+    co, final = report["co"], report.get("final") or {}
+    counts = (co.get("monitor") or {}).get("class_counts")
+    last_weights = not co.get("stopped_early")  # after a stop the final evaluation measured the best weights
+    chance = chance_level(counts, (report.get("data") or {}).get("num_classes"))
+    return classify(monitor, spec.monitor, chance_level=chance,
+                    final_robust_accuracy=final.get("robust_accuracy") if last_weights else None)
 
 
 def onset_fields(onset: Onset | None) -> dict[str, Any]:
     """The detection part of the report's ``co`` block."""
-    keys = ("onset_step", "onset_epoch", "confirmed_step", "rule", "before", "after")
+    keys = ("onset_step", "onset_epoch", "confirmed_step", "confirmed_by", "rule", "before", "after")
     found = onset.to_dict() if onset is not None else {}
     return {"detected": onset is not None, **{key: found.get(key) for key in keys}}
 
 
+def verdict_fields(verdict: Verdict) -> dict[str, Any]:
+    """The verdict part of the report's ``co`` block: the code, the onset behind it, and the chance level.
+    ``detected`` is true for "co" only; the onset fields also show a "suspected" or overruled firing."""
+    return {**onset_fields(verdict.onset), "detected": verdict.code == "co", "verdict": verdict.code,
+            "chance_level": verdict.chance_level, "never_robust_level": verdict.never_robust_level}
+
+
 def render_run(run_dir: Path) -> str:
-    """Re-render summary.md and curves.png of a finished run; return the verdict."""
+    """Re-render summary.md and curves.png of a finished run; return the verdict line."""
     report = json.loads((run_dir / "report.json").read_text())
     history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
     return write_run_summary(run_dir, report, history)
@@ -64,22 +94,58 @@ def summary_markdown(report: dict[str, Any], verdict: str) -> str:
         f"- Final (last weights): clean {_pct(final['clean_accuracy'])}, robust {_pct(final['robust_accuracy'])}"
         f" under PGD-{attack['steps']}-{attack['restarts']} on {attack['test_images']} test images.",
     ]
+    if "autoattack" in final:
+        lines.append(_autoattack_line(final["autoattack"]))
     if co and co["best_checkpoint"]["step"] is not None:
         best = co["best_checkpoint"]
         best_final = best.get("final") or {}
+        best_aa = best_final.get("autoattack")
+        best_aa = f", AutoAttack {_pct(best_aa['accuracy'])}" if best_aa else ""
         lines.append(f"- Best-robust weights (step {best['step']}, monitor PGD {_pct(best['monitor_pgd_accuracy'])}):"
                      f" clean {_pct(best_final.get('clean_accuracy'))},"
-                     f" robust {_pct(best_final.get('robust_accuracy'))}.")
+                     f" robust {_pct(best_final.get('robust_accuracy'))}{best_aa}.")
     lines.append(f"- Training {report['timing']['train_seconds']:.0f} s "
                  f"({report['timing']['train_images_per_second']:.0f} images/s), monitor "
                  f"{report['timing']['monitor_seconds']:.0f} s, evaluation {report['timing']['eval_seconds']:.0f} s"
                  f" on {report['environment']['device']}.")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _per_class_table(final)) + "\n"
 
 
-def plot_curves(history: list[dict[str, Any]], path: Path, onset: Onset | None = None) -> None:
+def _autoattack_line(autoattack: dict[str, Any]) -> str:
+    """One summary line for ``final.autoattack``: the accuracy after all attacks and after each one."""
+    steps = ", ".join(f"{name.upper()} {_pct(value)}" for name, value in autoattack["per_attack"].items())
+    return (f"- AutoAttack ({autoattack['version']}, {autoattack['implementation']}) at epsilon"
+            f" {autoattack['epsilon']}/255 on the same {autoattack['images']} images: robust"
+            f" {_pct(autoattack['accuracy'])} (after {steps}; {autoattack['seconds']:.0f} s).")
+
+
+def _per_class_table(final: dict[str, Any]) -> list[str]:
+    """Clean (all test images) and robust (attacked images) accuracy per class, with the attacked counts."""
+    rows, counts = final.get("per_class"), final["attack"].get("class_counts")
+    if not rows or not counts:
+        return []  # reports from before per-class evaluation
+    if len(rows) > MAX_TABLE_CLASSES:
+        return ["", f"Per-class accuracies of the {len(rows)} classes: `final.per_class` in report.json."]
+    attack, autoattack = final["attack"], final.get("autoattack")
+    columns = ["class", "attacked", "clean", f"PGD-{attack['steps']}-{attack['restarts']}"]
+    tested = final.get("clean_test_images", "the")
+    lines = ["", f"Per class, final evaluation (clean on all {tested} test images, robust on the attacked"
+                 " ones):", "",
+             "| " + " | ".join(columns + ["AutoAttack"] * bool(autoattack)) + " |",
+             "|" + "---|" * (len(columns) + bool(autoattack))]
+    for row, count in zip(rows, counts, strict=True):
+        cells = [row["name"], str(count), _pct(row["clean_accuracy"]), _pct(row["robust_accuracy"])]
+        if autoattack:
+            cells.append(_pct(autoattack["per_class"][row["label"]]["robust_accuracy"]))
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def plot_curves(history: list[dict[str, Any]], path: Path, onset: Onset | None = None,
+                final: dict[str, Any] | None = None) -> None:
     """Training curves; with monitor rows also clean/FGSM/PGD accuracy, gradient alignment and linearity
-    error against steps, with the onset marked."""
+    error against steps, with the onset marked; the final PGD (and AutoAttack) test accuracies at the last
+    step."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -102,6 +168,8 @@ def plot_curves(history: list[dict[str, Any]], path: Path, onset: Onset | None =
             accuracy_axis.plot(steps, [row[key] for row in monitor], "o-", markersize=3, label=label)
         alignment_axis.plot(steps, [row["gradient_alignment"] for row in monitor], "o-", markersize=3)
         linearity_axis.semilogy(steps, [max(row["linearity_error"], 1e-12) for row in monitor], "o-", markersize=3)
+    if final is not None and history:
+        _mark_final(accuracy_axis, max(row["step"] for row in history), final)
     loss_axis.set(xlabel="step", title="Training loss and accuracy")
     accuracy_axis.set(xlabel="step", ylabel="accuracy", ylim=(0, 1), title="Monitor set accuracy")
     alignment_axis.set(xlabel="step", ylabel="cosine", title="Gradient alignment cos(∇ℓ(x), ∇ℓ(x+η))")
@@ -115,3 +183,14 @@ def plot_curves(history: list[dict[str, Any]], path: Path, onset: Onset | None =
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
+
+
+def _mark_final(axis: Any, step: int, final: dict[str, Any]) -> None:
+    """The final test accuracies as markers at the last step (they are measured on test images, not on the
+    monitor set)."""
+    attack = final["attack"]
+    axis.plot([step], [final["robust_accuracy"]], "D", color="black",
+              label=f"final PGD-{attack['steps']}-{attack['restarts']} (test)")
+    if "autoattack" in final:
+        axis.plot([step], [final["autoattack"]["accuracy"]], "X", color="purple", markersize=8,
+                  label="final AutoAttack (test)")

@@ -138,6 +138,10 @@ class MonitorSpec(_Section):
     relative_fraction: float = Field(0.5, ge=0.0, le=1.0)  # R3: PGD acc below this x running max; 0 = off
     min_peak: float = Field(0.02, ge=0.0, le=1.0)  # R3 applies only once the running max PGD acc >= this
     confirm: bool = True  # the firing rule's PGD level must still be crossed at the next check
+    # verdict "never_robust" when the peak PGD acc <= the monitor set's largest class share + this. 0.02 is
+    # 1.5 binomial standard errors of an accuracy near 0.1 on 512 images (sqrt(0.1 x 0.9 / 512) = 0.013):
+    # a peak within it cannot be told from a constant classifier's score
+    never_robust_margin: float = Field(0.02, ge=0.0, le=1.0)  # fraction of the monitor set
     curvature_every_epochs: int = Field(0, ge=0, le=1000)  # top input-Hessian eigenvalue cadence; 0 = off
     curvature_iterations: int = Field(20, ge=1, le=1000)  # power-iteration steps
     curvature_subspace: Literal["full", "carrier", "complement"] = "full"  # span(V), span(V)-perp or all
@@ -180,12 +184,14 @@ class JobSpec(_Section):
     def sha256(self) -> str:
         """Stable digest of the resolved spec, stored in checkpoints to refuse a resume with another spec.
         Fields added later (``dry_run``, ``training.max_steps``) count only when set: specs (and
-        checkpoints) from before them keep their digest."""
+        checkpoints) from before them keep their digest. ``monitor.never_robust_margin`` only reads the
+        stored checks, so a resume may change it."""
         unset: dict[str, Any] = {}
         if not self.dry_run:
             unset["dry_run"] = True
         if self.training.max_steps is None:
             unset["training"] = {"max_steps"}
+        unset["monitor"] = {"never_robust_margin"}  # reads the stored checks, trains nothing: never counted
         blob = json.dumps(self.resolved().model_dump(mode="json", exclude=unset), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()
 

@@ -25,7 +25,8 @@ from torch import nn
 
 from core import checkpoint, hostmem
 from core.attacks import gradient_cosine, input_gradient, pgd, single_step, uniform_noise
-from core.co import Onset, detect_onset
+from core.autoattack import autoattack_section
+from core.co import Onset, chance_level, classify, detect_onset
 from core.data import Dataset, augment, balanced_order, class_counts, epoch_order, load_dataset
 from core.errors import Cancelled, DivergedError, SpecError
 from core.evaluate import InputTransform, clean_accuracy, clean_correct, fraction, per_class_accuracy, pgd_correct
@@ -180,6 +181,12 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
+def full_precision(device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    """fp32 for measurements, even inside a bf16 block: finite differences and PGD margins fall below bf16's
+    resolution (a Hessian-vector product measured 2.6e-6 in fp32 and 2.0 in bf16; issue 10)."""
+    return torch.autocast(device.type, enabled=False)
+
+
 def train(spec: JobSpec, out_dir: str | Path, device: torch.device | str = "cpu",
           data_root: str | Path | None = None, callbacks: Callbacks | None = None,
           resume: bool = False) -> dict[str, Any]:
@@ -275,11 +282,11 @@ class _Run:
     def _train_epoch(self) -> None:
         state, t, data = self.state, self.t, self.data
         order = epoch_order(len(data.train), self.spec.seed, state.epoch).to(self.device)
-        started = time.perf_counter()
+        started = self._clock()
         self.model.train()
         while state.batch < self.steps_per_epoch and not self._step_cap_reached():
             if self.callbacks.should_stop():
-                state.train_seconds += time.perf_counter() - started
+                state.train_seconds += self._clock() - started
                 self.save()
                 raise Cancelled(f"cancelled at step {state.step}; checkpoint written")
             index = order[state.batch * t.batch_size:(state.batch + 1) * t.batch_size]
@@ -305,21 +312,28 @@ class _Run:
             end_of_epoch = state.batch == self.steps_per_epoch or self._step_cap_reached()  # checked there
             due = state.step - state.last_check_step >= self.spec.monitor.every_steps
             if self.monitor and due and not end_of_epoch:
-                state.train_seconds += time.perf_counter() - started
+                state.train_seconds += self._clock() - started
                 self._check(curvature=False)
                 if state.stopped_early:
                     return
-                started = time.perf_counter()
-        state.train_seconds += time.perf_counter() - started
+                started = self._clock()
+        state.train_seconds += self._clock() - started
         self._end_epoch()
+
+    def _clock(self) -> float:
+        """Seconds for phase timings; on CUDA after the queued kernels ran, so each phase pays its own work."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
 
     def _step_cap_reached(self) -> bool:
         return self.t.max_steps is not None and self.state.step >= self.t.max_steps
 
     def _end_epoch(self) -> None:
         state, t, data = self.state, self.t, self.data
-        test_clean = clean_accuracy(self.model, data.test.images[self.epoch_test],
-                                    data.test.labels[self.epoch_test], self.transform, t.batch_size)
+        with full_precision(self.device):
+            test_clean = clean_accuracy(self.model, data.test.images[self.epoch_test],
+                                        data.test.labels[self.epoch_test], self.transform, t.batch_size)
         row = _rates(self.sums[0], kind="epoch", epoch=state.epoch, step=state.step,
                      test_clean_accuracy=test_clean)
         _check_finite(row)
@@ -335,9 +349,9 @@ class _Run:
         """Run the monitor, keep the best-robust weights, and act on a newly confirmed onset."""
         assert self.monitor is not None
         state, settings = self.state, self.spec.monitor
-        started = time.perf_counter()
+        started = self._clock()
         row = self._off_the_training_heap(self._monitor_row, curvature)
-        state.monitor_seconds += time.perf_counter() - started
+        state.monitor_seconds += self._clock() - started
         state.last_check_step = state.step
         self._record(row, "monitor")
         if state.onset is None and row["pgd_accuracy"] > state.best_pgd_accuracy:
@@ -345,21 +359,22 @@ class _Run:
             checkpoint.save_atomic({"spec_sha256": self.spec.sha256(), "step": state.step,
                                     "model": self.model.state_dict()}, self.out / BEST_CHECKPOINT)
         if state.onset is None:
-            onset = detect_onset(monitor_rows(state.history), settings)
+            rows = monitor_rows(state.history)
+            onset = detect_onset(rows, settings)
             if onset is not None:
                 state.onset = onset.to_dict()
-                if settings.co_policy != "continue":
-                    self.callbacks.on_event({"type": "co_onset", **state.onset})
+                if settings.co_policy != "continue":  # the verdict so far: "co", or "never_robust" (core.co)
+                    so_far = classify(rows, settings, chance_level=chance_level(self.monitor.class_counts))
+                    self.callbacks.on_event({"type": "co_onset", **state.onset, "verdict": so_far.code})
                 if settings.co_policy == "stop":
                     self._load_best()
                     state.stopped_early = True
                     self.save()
 
     def _monitor_row(self, curvature: bool) -> dict[str, Any]:
-        """In fp32 whatever ``training.precision``: finite differences and PGD margins fall below bf16's
-        resolution (a Hessian-vector product measured 2.6e-6 in fp32 and 2.0 in bf16; issue 10)."""
         assert self.monitor is not None
-        return self.monitor.check(self.model, self.state.step, self.state.epoch, curvature)
+        with full_precision(self.device):  # whatever training.precision
+            return self.monitor.check(self.model, self.state.step, self.state.epoch, curvature)
 
     def _off_the_training_heap(self, work: Callable[..., Any], *args: Any) -> Any:
         """Run ``work`` on the CPU from another thread, so that its buffers (other shapes than a training
@@ -379,7 +394,7 @@ class _Run:
         self.model.load_state_dict(best["model"])
 
     def _finish(self) -> dict[str, Any]:
-        started = time.perf_counter()
+        started = self._clock()
         final = self._off_the_training_heap(self._evaluate)
         co = None
         if self.monitor is not None:
@@ -390,7 +405,7 @@ class _Run:
                 self._load_best()
                 co["best_checkpoint"]["final"] = self._off_the_training_heap(self._evaluate)
         report = build_report(self.spec, final, self.data, self.device, self.state,
-                              eval_seconds=time.perf_counter() - started)
+                              eval_seconds=self._clock() - started)
         report["co"] = co
         report["steps"] = {"done": self.state.step, "planned": self.total_steps}  # done < planned: max_steps
         write_run_summary(self.out, report, self.state.history)
@@ -398,28 +413,36 @@ class _Run:
         return report
 
     def _evaluate(self) -> dict[str, Any]:
-        """Clean accuracy on every test image and PGD on a class-stratified subset, per class too; in fp32."""
+        """Clean accuracy on every test image, PGD (and AutoAttack when asked) on a class-stratified subset,
+        per class too; in fp32."""
         e, t, data = self.spec.evaluation, self.t, self.data
         count = len(data.test) if e.test_subset is None else min(e.test_subset, len(data.test))
         attacked = balanced_order(data.test.labels, self.spec.seed + 1)[:count].to(self.device)
         images, labels = data.test.images[attacked], data.test.labels[attacked]
         generator = torch.Generator(self.device).manual_seed(self.spec.seed + 1)  # same attack for last and best
-        clean = clean_correct(self.model, data.test.images, data.test.labels, self.transform, e.batch_size)
-        robust = pgd_correct(self.model, images, labels, self.transform, epsilon=t.epsilon * PER_255,
-                             alpha=e.step_size * PER_255, steps=e.pgd_steps, restarts=e.restarts,
-                             batch_size=e.batch_size, generator=generator)
+        with full_precision(self.device):
+            clean = clean_correct(self.model, data.test.images, data.test.labels, self.transform, e.batch_size)
+            robust = pgd_correct(self.model, images, labels, self.transform, epsilon=t.epsilon * PER_255,
+                                 alpha=e.step_size * PER_255, steps=e.pgd_steps, restarts=e.restarts,
+                                 batch_size=e.batch_size, generator=generator)
         names, k = data.class_names, data.num_classes
         clean_by_class = per_class_accuracy(clean, data.test.labels, k)
         robust_by_class = per_class_accuracy(robust, labels, k)
-        return {"clean_accuracy": fraction(clean), "robust_accuracy": fraction(robust),
-                "attack": {"name": "pgd", "norm": "Linf", "epsilon": t.epsilon, "step_size": e.step_size,
-                           "steps": e.pgd_steps, "restarts": e.restarts, "test_images": count,
-                           "class_counts": class_counts(labels, k), "selection": "class-stratified, seeded",
-                           "units": "/255", "broken_if": "any restart misclassifies"},
-                "per_class": [{"label": c, "name": names[c] if names else str(c),
-                               "clean_accuracy": clean_by_class[c], "robust_accuracy": robust_by_class[c]}
-                              for c in range(k)],
-                "clean_test_images": len(data.test)}
+        final = {"clean_accuracy": fraction(clean), "robust_accuracy": fraction(robust),
+                 "attack": {"name": "pgd", "norm": "Linf", "epsilon": t.epsilon, "step_size": e.step_size,
+                            "steps": e.pgd_steps, "restarts": e.restarts, "test_images": count,
+                            "class_counts": class_counts(labels, k), "selection": "class-stratified, seeded",
+                            "units": "/255", "broken_if": "any restart misclassifies"},
+                 "per_class": [{"label": c, "name": names[c] if names else str(c),
+                                "clean_accuracy": clean_by_class[c], "robust_accuracy": robust_by_class[c]}
+                               for c in range(k)],
+                 "clean_test_images": len(data.test)}
+        if e.autoattack == "standard":  # the same images; seeded, so the same attack for last and best
+            with full_precision(self.device):
+                final["autoattack"] = autoattack_section(self.model, images, labels, self.transform,
+                                                         epsilon=t.epsilon, num_classes=k, class_names=names,
+                                                         batch_size=e.batch_size, seed=self.spec.seed + 1)
+        return final
 
 
 def monitor_rows(history: list[dict[str, Any]]) -> list[dict[str, Any]]:

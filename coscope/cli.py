@@ -57,7 +57,8 @@ def _report(args: argparse.Namespace) -> int:
     if not (run_dir / "report.json").is_file() or not (run_dir / "metrics.jsonl").is_file():
         sys.stderr.write(f"coscope: {run_dir} has no report.json and metrics.jsonl (is the run finished?)\n")
         return 2
-    sys.stdout.write(render_run(run_dir) + f"\nrendered {run_dir}/summary.md and {run_dir}/curves.png\n")
+    verdict = render_run(run_dir)
+    sys.stdout.write(f"verdict: {verdict}\nrendered {run_dir}/summary.md and {run_dir}/curves.png\n")
     return 0
 
 
@@ -148,12 +149,16 @@ def _train(args: argparse.Namespace) -> int:
         return 1
     bar.close()
     final = report["final"]
+    from coscope.client_cli import autoattack_text
+
     if report["co"] is not None:
-        sys.stdout.write(f"verdict: {report['co']['verdict']}\n")
+        from coscope.client_cli import verdict_line
+
+        sys.stdout.write(f"verdict: {verdict_line(report['co'])}\n")
     sys.stdout.write(
         f"clean accuracy {final['clean_accuracy']:.4f}, robust accuracy {final['robust_accuracy']:.4f} "
         f"(PGD-{final['attack']['steps']}-{final['attack']['restarts']}, eps {final['attack']['epsilon']}/255, "
-        f"{final['attack']['test_images']} images)\nwrote {args.out}/report.json\n"
+        f"{final['attack']['test_images']} images){autoattack_text(final)}\nwrote {args.out}/report.json\n"
     )
     return 0
 

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from core.co import VERDICTS  # pure, no torch
 from coscope.client import (
     TERMINAL_STATUSES,
     ClientError,
@@ -239,6 +240,8 @@ class _Display:
             rule = (data.get("rule") or {}).get("name", "onset rule")
             confirmed = f", confirmed at step {data['confirmed_step']}" if data.get("confirmed_step") else ""
             self.write(f"CO onset at step {data.get('onset_step')} ({rule}){confirmed}")
+        elif event.type == "co_verdict":
+            self.write(f"CO verdict: {verdict_line(data)}")
         elif event.type == "cancel_requested":
             self.write("cancel requested; the worker stops at its next step")
 
@@ -335,12 +338,20 @@ def _progress_text(progress: dict[str, Any]) -> str:
 def _co_text(co: dict[str, Any] | None, status: str) -> str:
     if not co:
         return "no onset detected" + (" so far" if status not in TERMINAL_STATUSES else "")
-    if co.get("verdict"):
-        return str(co["verdict"])
-    if co.get("detected"):
+    if co.get("verdict_text") or co.get("verdict") not in (None, *VERDICTS):
+        return verdict_line(co)  # the final verdict (in reports from before the codes: the sentence)
+    if co.get("detected") or co.get("onset_step") is not None:  # live, after a co_onset event
         rule = (co.get("rule") or {}).get("name")
-        return f"onset at step {co.get('onset_step')}" + (f" ({rule})" if rule else "")
+        onset = f"onset at step {co.get('onset_step')}" + (f" ({rule})" if rule else "")
+        return f"{co['verdict']}: {onset}" if co.get("verdict") else onset
     return "no onset detected"
+
+
+def verdict_line(co: dict[str, Any]) -> str:
+    """``code: sentence`` for a report's or job's ``co`` block (older reports: their sentence)."""
+    if co.get("verdict_text"):
+        return f"{co.get('verdict') or 'no verdict'}: {co['verdict_text']}"
+    return str(co.get("verdict") or "")
 
 
 def _error_text(error: Any) -> str:
@@ -412,7 +423,7 @@ def _print_report(report: dict[str, Any]) -> None:
         _out(dry_run_summary(report))
         return
     if report.get("co"):
-        _out(f"verdict: {report['co'].get('verdict') or _co_text(report['co'], 'succeeded')}")
+        _out(f"verdict: {_co_text(report['co'], 'succeeded')}")
     final = report.get("final") or {}
     line = f"clean accuracy {final.get('clean_accuracy', float('nan')):.4f}, " \
            f"robust accuracy {final.get('robust_accuracy', float('nan')):.4f}"
@@ -420,7 +431,15 @@ def _print_report(report: dict[str, Any]) -> None:
     if {"steps", "restarts", "epsilon"} <= attack.keys():
         line += f" (PGD-{attack['steps']}-{attack['restarts']}, eps {attack['epsilon']}/255"
         line += f", {attack['test_images']} images)" if "test_images" in attack else ")"
-    _out(line)
+    _out(line + autoattack_text(final))
+
+
+def autoattack_text(final: dict[str, Any]) -> str:
+    """The final line's AutoAttack part ("" when the run did not measure it)."""
+    autoattack = final.get("autoattack")
+    if not autoattack:
+        return ""
+    return f"; AutoAttack accuracy {autoattack['accuracy']:.4f} ({autoattack['version']}, same images)"
 
 
 def show_report(job_id: str, server: str | None, key: str | None) -> int:

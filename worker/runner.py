@@ -83,9 +83,13 @@ class Reporter:
             self.metrics.append(row)
             if kind != "metrics":
                 self.events.append((kind, row))
-        elif kind == "co_onset":
-            self.co = {"detected": True, **{k: v for k, v in event.items() if k != "type"}}
+        elif kind == "co_onset":  # carries the verdict so far: "co", or "never_robust" (core/co.py)
+            self.co = {"detected": event.get("verdict", "co") == "co",
+                       **{k: v for k, v in event.items() if k != "type"}}
             self.events.append(("co_onset", self.co))
+        elif kind == "finished" and event.get("co") is not None:  # the final verdict, without the indices
+            self.co = {k: v for k, v in event["co"].items() if k != "monitor"}
+            self.events.append(("co_verdict", self.co))
         if kind in URGENT_EVENTS or time.monotonic() - self.last_flush > FLUSH_SECONDS:
             self.flush()
         if kind == "co_onset" and not self.lease.lost:  # recorded: tell the callback, off the training thread

@@ -7,7 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from api.limits import BodySizeLimit, RateLimiter, attack_passes, budget_problems, estimate_cost, model_factor
+from api.limits import (
+    AUTOATTACK_PASSES,
+    BodySizeLimit,
+    RateLimiter,
+    attack_passes,
+    budget_problems,
+    estimate_cost,
+    model_factor,
+)
 from api.settings import Settings
 from core.spec import JobSpec, load_spec_file
 
@@ -161,3 +169,12 @@ def test_non_http_scopes_pass_through():
 
     asyncio.run(BodySizeLimit(app, max_bytes=1)({"type": "lifespan"}, None, None))
     assert seen == ["lifespan"]
+
+
+def test_autoattack_adds_its_worst_case_per_attacked_image():
+    sections = {"dataset": {"name": "synthetic", "synthetic_train_size": 100, "synthetic_test_size": 10},
+                "training": {"epochs": 1, "method": "standard"}, "monitor": {"enabled": False}}
+    off = estimate_cost(JobSpec.model_validate({**sections, "evaluation": {"test_subset": 4}}))
+    on = estimate_cost(JobSpec.model_validate({**sections,
+                                               "evaluation": {"test_subset": 4, "autoattack": "standard"}}))
+    assert on - off == 4 * AUTOATTACK_PASSES * model_factor(JobSpec.model_validate(sections))

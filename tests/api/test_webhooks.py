@@ -224,14 +224,18 @@ def test_the_reconciler_sends_job_failed_for_exhausted_jobs(settings, monkeypatc
 
 
 def test_the_worker_sends_co_onset_and_the_final_status(settings, monkeypatch):
-    """worker.runner with a stand-in trainer (no torch): one event at CO onset, one at the end."""
+    """worker.runner with a stand-in trainer (no torch): one event at CO onset, one at the end, each with
+    the verdict code; the final one carries the report's verdict (without the monitor's indices)."""
     callee = Callee(200)
     monkeypatch.setattr(webhooks, "TRANSPORT", callee.transport)
+    final_co = {"verdict": "never_robust", "verdict_text": "Never robust, so ...", "detected": False,
+                "onset_step": 40, "rule": {"name": "relative_collapse"}, "monitor": {"train_indices": [3, 1]}}
 
     def train(spec, out, device, data_root, callbacks, resume):
         callbacks.on_event({"type": "co_onset", "onset_step": 40, "onset_epoch": 1,
-                            "rule": {"name": "wong_drop"}})
+                            "rule": {"name": "relative_collapse"}, "verdict": "never_robust"})
         _wait_for(lambda: callee.requests)  # the onset webhook runs beside training
+        callbacks.on_event({"type": "finished", "final": {"clean_accuracy": 0.5}, "co": final_co})
         return {"final": {"clean_accuracy": 0.5}}
 
     fake = types.ModuleType("core.trainer")
@@ -247,4 +251,9 @@ def test_the_worker_sends_co_onset_and_the_final_status(settings, monkeypatch):
     assert [(event["event"], event["status"]) for event in events] == [("job.co_onset", "running"),
                                                                       ("job.succeeded", "succeeded")]
     assert events[0]["co"]["onset_step"] == 40
+    assert (events[0]["co"]["verdict"], events[0]["co"]["detected"]) == ("never_robust", False)  # so far
+    assert events[1]["co"] == {key: value for key, value in final_co.items() if key != "monitor"}
+    with session_scope(settings.database) as session:  # the SSE stream's final verdict event
+        verdicts = [e.data for e in session.query(JobEvent).filter_by(job_id=job_id, type="co_verdict")]
+        assert verdicts == [events[1]["co"]] and session.get(Job, job_id).co == events[1]["co"]
     _wait_for(lambda: len(_webhook_events(settings, job_id)) == 2)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from core.attacks import evaluating, fgsm, pgd
+from core.attacks import evaluating, fgsm, pgd, single_step
 
 EPS = 8 / 255
 
@@ -292,3 +292,30 @@ def test_evaluating_restores_train_after_exception():
     with pytest.raises(RuntimeError), evaluating(model):
         raise RuntimeError("boom")
     assert model.training
+
+
+def test_fgsm_takes_its_gradient_at_the_input_even_outside_the_box():
+    # the released FGSM starts from delta_0 = 0 at the injected image itself (pixels may lie outside [0, 1])
+    model = linear_model()
+    x = torch.rand(4, 3, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    x[:, 0, 0, 0] = 1.02  # an injected pixel above the box
+    y = torch.tensor([0, 1, 2, 3])
+    attack = single_step(model, x, y, EPS, EPS)
+    with torch.no_grad():
+        assert torch.equal(attack.logits_at_init, model(x))
+    assert torch.allclose(attack.grad_at_init, analytic_ce_gradient(model, x, y))
+    clipped = single_step(model, x, y, EPS, EPS, start_in_box=True)  # the option: gradient at clip(x)
+    with torch.no_grad():
+        assert torch.equal(clipped.logits_at_init, model(x.clamp(0, 1)))
+    assert (x + attack.delta).min() >= 0 and (x + attack.delta).max() <= 1  # the step is still boxed
+
+
+def test_single_step_without_the_box_leaves_x_plus_delta_unclipped():
+    model = linear_model()
+    x = torch.full((2, 3, 8, 8), 0.999, dtype=torch.float64)
+    y = torch.tensor([0, 1])
+    boxed = single_step(model, x, y, EPS, EPS, noise=EPS, generator=torch.Generator().manual_seed(0))
+    free = single_step(model, x, y, EPS, EPS, noise=EPS, generator=torch.Generator().manual_seed(0), box=False)
+    assert (x + boxed.delta).max() <= 1.0
+    assert (x + free.delta).max() > 1.0
+    assert free.delta.abs().max() <= EPS + 1e-12  # still projected to the eps-ball

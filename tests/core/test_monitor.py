@@ -55,7 +55,8 @@ def test_curvature_probe_is_logged_at_the_requested_epochs(tmp_path):
                      monitor={"curvature_every_epochs": 2, "curvature_iterations": 3, "curvature_subspace": "carrier"})
     train(spec, tmp_path)
     rows = _monitor_rows(tmp_path)
-    assert [("hessian_top_eigenvalue_carrier" in row) for row in rows] == [False, True]
+    assert [("hessian_top_eigenvalue_max_carrier" in row) for row in rows] == [False, True]
+    assert rows[1]["hessian_top_eigenvalue_max_carrier"] >= rows[1]["hessian_top_eigenvalue_mean_carrier"]
 
 
 def _scripted_checks(monkeypatch, pgd_by_check):
@@ -83,6 +84,8 @@ def test_stop_policy_stops_at_the_confirmed_onset_and_restores_the_best_weights(
     assert (co["detected"], co["onset_step"], co["confirmed_step"], co["rule"]["name"]) == (True, 3, 4, "wong_drop")
     assert co["stopped_early"] and co["best_checkpoint"]["step"] == 2
     assert [e["onset_step"] for e in events if e["type"] == "co_onset"] == [3]
+    assert [e["verdict"] for e in events if e["type"] == "co_onset"] == ["co"]
+    assert [e["co"]["verdict"] for e in events if e["type"] == "finished"] == ["co"]
     assert max(row["step"] for row in _monitor_rows(tmp_path)) == 4  # training stopped at the confirmation
     best = checkpoint.load(tmp_path / "best.pt", "cpu")["model"]
     last = load_trained(tmp_path).model.state_dict()  # checkpoint.pt holds the restored best weights
@@ -101,10 +104,27 @@ def test_report_policy_trains_to_the_end_and_evaluates_last_and_best(tmp_path, m
     assert (co["before"]["step"], co["after"]["step"]) == (2, 4)
 
 
+def test_a_collapse_near_chance_is_reported_as_never_robust(tmp_path, monkeypatch):
+    # relative_collapse fires at check 3 and is confirmed at 4, but PGD never beat a constant classifier
+    # (the tiny monitor set's largest class share is 10 / 96)
+    _scripted_checks(monkeypatch, [0.08, 0.09, 0.02, 0.01, 0.01, 0.01])
+    events = []
+    from core.trainer import Callbacks
+
+    report = train(tiny_spec(training={"epochs": 2}, monitor={"every_steps": 1}), tmp_path,
+                   callbacks=Callbacks(on_event=events.append))
+    assert [(e["onset_step"], e["verdict"]) for e in events if e["type"] == "co_onset"] == [(3, "never_robust")]
+    co = report["co"]
+    assert (co["verdict"], co["detected"], co["onset_step"]) == ("never_robust", False, 3)
+    assert co["chance_level"] == pytest.approx(max(co["monitor"]["class_counts"]) / 96)
+    assert "`never_robust`: Never robust" in (tmp_path / "summary.md").read_text()
+
+
 def test_no_onset_on_a_flat_trace(tmp_path, monkeypatch):
     _scripted_checks(monkeypatch, [0.30, 0.31, 0.29, 0.30])
     report = train(tiny_spec(monitor={"every_steps": 1}), tmp_path)
     assert report["co"]["detected"] is False and report["co"]["onset_step"] is None
+    assert report["co"]["verdict"] == "no_co"
     assert "No catastrophic overfitting detected" in (tmp_path / "summary.md").read_text()
 
 

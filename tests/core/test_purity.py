@@ -19,11 +19,12 @@ def test_spec_imports_without_torch():
 def test_engine_imports_no_service_code_and_touches_no_cuda(tmp_path):
     code = (
         "import sys, os, torch\n"
-        "import core.trainer, core.monitor, core.report, core.probes, core.co, core.data\n"
+        "import core.trainer, core.monitor, core.report, core.probes, core.co, core.data, core.autoattack\n"
         f"bad = [m for m in {SERVICE_PACKAGES!r} if m in sys.modules]\n"
         "assert not bad, bad\n"
         "assert not torch.cuda.is_initialized()\n"
         "assert 'matplotlib' not in sys.modules and 'torchvision' not in sys.modules\n"
+        "assert 'pyautoattack' not in sys.modules  # imported when an evaluation asks for it\n"
         "assert os.listdir('.') == []\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,

@@ -1,4 +1,5 @@
 import math
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
@@ -102,3 +103,19 @@ def test_load_spec_file_reads_yaml(tmp_path):
     path.write_text("seed: 3\ntraining:\n  method: pgd\n  epsilon: 4\n")
     spec = load_spec_file(str(path))
     assert (spec.seed, spec.training.method, spec.training.epsilon) == (3, "pgd", 4.0)
+
+
+def test_clip_box_off_is_refused_for_multi_step_training():
+    with pytest.raises(ValidationError, match="clip_box"):
+        JobSpec(training={"method": "pgd", "clip_box": False})
+    assert JobSpec(training={"method": "fgsm", "clip_box": False}).training.clip_box is False
+
+
+def test_paper_examples_are_the_papers_settings():
+    paper = {path.stem: load_spec_file(str(path)) for path in (Path(__file__).parents[2] / "examples" / "paper").glob("*.yaml")}
+    assert paper["injected-grad-align"].training.grad_align_at == "adversarial"  # g1 at the FGSM point
+    assert paper["low-pass-fgsm"].training.clip_box is False  # the released low-pass configs
+    for name, spec in paper.items():
+        assert spec.model.arch == "preact_resnet18" and spec.model.width == 64, name
+        assert spec.training.attack_start == "input" and spec.training.last_batch == "drop_small", name
+        assert spec.dataset.name == "cifar10" or spec.dataset.normalization == "cifar10", name

@@ -166,3 +166,48 @@ def test_image_folder_link_out_of_the_data_root_is_refused(tmp_path, monkeypatch
     spec = tiny_spec(dataset={"name": "imagefolder", "path": "escape"})
     with pytest.raises(SpecError, match="outside the data root"):
         train(spec, tmp_path / "run", data_root=tmp_path / "data")
+
+
+@pytest.mark.parametrize(("images", "policy", "steps"), [
+    (10_000, "keep", 79), (10_000, "drop", 78), (10_000, "drop_small", 78),  # 78 x 128 + 16
+    (50_000, "keep", 391), (50_000, "drop_small", 391), (50_000, "drop", 390),  # the paper: 390 x 128 + 80
+    (256, "drop_small", 2), (100, "drop", 1),  # fewer images than a batch: that one batch
+])
+def test_steps_per_epoch_follow_the_last_batch_policy(images, policy, steps):
+    from core.trainer import batches_per_epoch
+
+    assert batches_per_epoch(images, 128, policy) == steps
+
+
+@pytest.mark.parametrize(("policy", "sizes"), [("drop_small", [32, 32, 32]), ("keep", [32, 32, 32, 8])])
+def test_the_training_batches_of_an_epoch(tmp_path, monkeypatch, policy, sizes):
+    # 104 images in batches of 32 leave 8: BatchNorm in train mode would normalise 8 images and the
+    # optimizer take a full-lr step on them (issue 11); drop_small drops that batch, keep keeps it
+    spec = tiny_spec(dataset={"synthetic_train_size": 104}, training={"epochs": 1, "last_batch": policy},
+                     monitor={"enabled": False})
+    seen = []
+    import core.trainer as trainer
+
+    original = trainer.train_step
+
+    def counting_step(model, optimizer, x, *args):
+        seen.append(len(x))
+        return original(model, optimizer, x, *args)
+
+    monkeypatch.setattr(trainer, "train_step", counting_step)
+    report = train(spec, tmp_path)
+    assert seen == sizes and report["steps"] == {"done": len(sizes), "planned": len(sizes)}
+
+
+def test_monitor_and_final_evaluation_run_in_fp32_under_bf16_training(tmp_path):
+    from core.trainer import _Run
+
+    spec = tiny_spec(training={"precision": "bf16", "epochs": 1},
+                     monitor={"curvature_every_epochs": 1, "curvature_iterations": 2})
+    run = _Run(spec.resolved(), tmp_path, torch.device("cpu"), None, Callbacks(), None)
+    dtypes = set()
+    run.model.register_forward_hook(lambda module, inputs, output: dtypes.add(output.dtype))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # even when called from inside the training precision
+        run._monitor_row(curvature=True)
+        run._evaluate()
+    assert dtypes == {torch.float32}

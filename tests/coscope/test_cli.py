@@ -17,6 +17,8 @@ def test_train_quickstart_writes_report(tmp_path):
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["spec"]["dataset"]["name"] == "synthetic"
     assert "robust accuracy" in result.stdout
+    assert f"verdict: {report['co']['verdict']}: {report['co']['verdict_text']}\n" in result.stdout
+    assert report["co"]["verdict"] in ("co", "no_co", "never_robust", "suspected")
 
 
 def test_invalid_spec_names_every_bad_field_without_traceback(tmp_path):
@@ -77,6 +79,20 @@ def test_report_renders_a_finished_run_again(tmp_path):
     assert "catastrophic overfitting" in result.stdout.lower()
     assert (tmp_path / "summary.md").read_text().startswith("# Run summary")
     assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_report_prints_the_verdict_code_and_sentence(tmp_path):
+    from core.trainer import train
+    from tests.conftest import tiny_spec
+    from tests.core.test_report import scripted
+
+    train(tiny_spec(training={"epochs": 1}), tmp_path / "trained")
+    scripted(tmp_path / "trained", tmp_path / "run", [0.05, 0.08, 0.03], class_counts=[10] * 10)
+    result = _coscope("report", str(tmp_path / "run"))
+    assert result.returncode == 0, result.stderr
+    co = json.loads((tmp_path / "run" / "report.json").read_text())["co"]
+    assert co["verdict"] == "never_robust" and co["verdict_text"].startswith("Never robust")
+    assert result.stdout.startswith(f"verdict: never_robust: {co['verdict_text']}\nrendered ")
 
 
 def test_report_of_a_folder_without_a_run_exits_2(tmp_path):

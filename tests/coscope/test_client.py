@@ -50,7 +50,10 @@ class DroppedStream(httpx.SyncByteStream):
 
 REPORT = {"final": {"clean_accuracy": 0.81, "robust_accuracy": 0.02,
                     "attack": {"steps": 10, "restarts": 1, "epsilon": 8, "test_images": 1000}},
-          "co": {"detected": True, "onset_step": 1200, "verdict": "catastrophic overfitting at step 1200"}}
+          "co": {"detected": True, "onset_step": 1200, "verdict": "co",
+                 "verdict_text": "Catastrophic overfitting detected at step 1200."}}
+OLD_REPORT = {**REPORT, "co": {"detected": True, "onset_step": 1200,  # before the codes: the sentence
+                               "verdict": "catastrophic overfitting at step 1200"}}
 FINISHED_EVENTS = sse((1, "status", {"status": "running"}),
                       (2, "progress", {"epoch": 0, "step": 5, "total_steps": 10, "eta_seconds": 3.0}),
                       (3, "epoch", {"epoch": 0, "step": 5, "train_loss": 1.5, "train_adv_accuracy": 0.3,
@@ -58,7 +61,8 @@ FINISHED_EVENTS = sse((1, "status", {"status": "running"}),
                       (4, "co_onset", {"detected": True, "onset_step": 8, "confirmed_step": 10,
                                        "rule": {"name": "wong_drop"}}),
                       (5, "progress", {"epoch": 1, "step": 10, "total_steps": 10, "eta_seconds": 0.0}),
-                      (6, "status", {"status": "succeeded"}))
+                      (6, "co_verdict", REPORT["co"]),
+                      (7, "status", {"status": "succeeded"}))
 
 
 # ---- CoscopeClient -------------------------------------------------------------------------------
@@ -214,7 +218,8 @@ def test_wait_returns_the_final_job_after_the_terminal_status_event() -> None:
 
     final = make_client(server).wait("j1", on_event=seen.append)
     assert final["status"] == "succeeded"
-    assert [event.type for event in seen] == ["status", "progress", "epoch", "co_onset", "progress", "status"]
+    assert [event.type for event in seen] == ["status", "progress", "epoch", "co_onset", "progress",
+                                              "co_verdict", "status"]
 
 
 def test_wait_resumes_when_the_stream_ends_before_a_terminal_event() -> None:
@@ -354,7 +359,8 @@ def test_cli_submit_wait_follows_progress_and_prints_the_verdict(
     assert "epoch 1: train loss 1.5000, attacked acc 0.3000, test clean acc 0.4000" in out
     assert "CO onset at step 8 (wong_drop), confirmed at step 10" in out
     assert "job j1 succeeded" in out
-    assert "verdict: catastrophic overfitting at step 1200" in out
+    assert "CO verdict: co: Catastrophic overfitting detected at step 1200." in out
+    assert "verdict: co: Catastrophic overfitting detected at step 1200." in out
     assert "clean accuracy 0.8100, robust accuracy 0.0200 (PGD-10-1, eps 8/255, 1000 images)" in out
 
 
@@ -386,13 +392,13 @@ def test_cli_status_prints_progress_eta_co_and_error(
         serve: Callable[[Handler], None], capsys: pytest.CaptureFixture[str]) -> None:
     progress = {"epoch": 2, "step": 300, "total_steps": 1000, "eta_seconds": 252}
     running = job("running", attempt=2, progress=progress,
-                  co={"detected": True, "onset_step": 250, "rule": {"name": "wong_drop"}})
+                  co={"detected": True, "verdict": "co", "onset_step": 250, "rule": {"name": "wong_drop"}})
     serve(lambda request: httpx.Response(200, json=running))
     assert client_cli.run_client_command(parse("status", "j1")) == 0
     out = capsys.readouterr().out
     assert "running (attempt 2)" in out
     assert "epoch 3, step 300/1000 (30%), ETA 4m 12s" in out
-    assert "onset at step 250 (wong_drop)" in out
+    assert "co: onset at step 250 (wong_drop)" in out
 
 
 def test_cli_jobs_prints_a_table(
@@ -426,7 +432,10 @@ def test_show_report_prints_verdict_and_accuracies(
     serve(lambda request: httpx.Response(200, json=REPORT))
     assert client_cli.show_report("j1", SERVER, "k3y") == 0
     out = capsys.readouterr().out
-    assert out.startswith("verdict: catastrophic overfitting at step 1200\nclean accuracy 0.8100")
+    assert out.startswith("verdict: co: Catastrophic overfitting detected at step 1200.\nclean accuracy 0.81")
+    serve(lambda request: httpx.Response(200, json=OLD_REPORT))
+    assert client_cli.show_report("j1", SERVER, "k3y") == 0
+    assert capsys.readouterr().out.startswith("verdict: catastrophic overfitting at step 1200\nclean")
 
 
 def test_show_report_of_a_dry_run_prints_data_and_cost(
@@ -449,3 +458,12 @@ def test_show_report_before_success_says_why(
     serve(server)
     assert client_cli.show_report("j1", SERVER, "k3y") == 1
     assert "job j1 is running" in capsys.readouterr().err
+
+
+def test_show_report_adds_autoattack_when_the_run_measured_it(
+        serve: Callable[[Handler], None], capsys: pytest.CaptureFixture[str]) -> None:
+    final = {**REPORT["final"], "autoattack": {"accuracy": 0.0125, "version": "standard"}}
+    serve(lambda request: httpx.Response(200, json={**REPORT, "final": final}))
+    assert client_cli.show_report("j1", SERVER, "k3y") == 0
+    assert ("(PGD-10-1, eps 8/255, 1000 images); AutoAttack accuracy 0.0125 (standard, same images)\n"
+            in capsys.readouterr().out)
