@@ -1,7 +1,7 @@
 """The CPU-scale CO experiments of issue 11: each claim's setting, one engine difference at a time, 3 seeds.
 
     python bench/ablation.py run   [--only GLOB ...] [--seeds 0 1 2] [--jobs 2] [--data-root ../shared/data]
-    python bench/ablation.py table [--only GLOB ...]        # markdown rows for docs/ablation.md
+    python bench/ablation.py table [--only GLOB ...]    # markdown tables for docs/ablation.md (bench/co_table.py)
 
 Every run is `coscope train` of a spec built here (shared CIFAR-10 JPEG images, 10,000 training images drawn
 class-stratified, PreActResNet18 width 16, batch 128, final PGD-50-10 on 500 class-stratified test images)
@@ -24,9 +24,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import yaml
+from co_table import print_tables
 
 ROOT = Path(__file__).resolve().parents[1]
-OUT = ROOT / "runs" / "ablation"
+OUT = Path(os.environ.get("ABLATION_OUT", ROOT / "runs" / "ablation"))
 
 BASE = {
     "dataset": {"name": "imagefolder", "path": "cifar10-jpeg", "train_subset": 10_000, "test_subset": 1000},
@@ -52,6 +53,7 @@ ARMS = {
     "b2-beta4-eps6.start-box-clipped": ("b2-beta4-eps6", {"training": {"attack_start": "box_clipped"}}),
     "b1-plain-eps6.default": ("b1-plain-eps6", {}),
     "b4-beta8-eps6.default": ("b4-beta8-eps6", {}),
+    "b4-beta8-eps6.bf16": ("b4-beta8-eps6", {"training": {"precision": "bf16"}}),  # issue 10's fp32/bf16 pair
     "plain-eps8.default": ("plain-eps8", {}),
     "nfgsm-eps8.he-block": ("nfgsm-eps8", {"model": {"arch": "preact_resnet18_he"}}),
     "nfgsm-eps8.he-block-keep-last-batch": ("nfgsm-eps8", {"model": {"arch": "preact_resnet18_he"},
@@ -104,39 +106,11 @@ def run(args: argparse.Namespace) -> None:
             print(line, flush=True)
 
 
-def _pct(value: float | None) -> str:
-    return "n/a" if value is None else f"{100 * value:.1f}"
-
-
-def row(arm: str, seed: int) -> str | None:
-    run_dir = OUT / f"{arm}-seed{seed}"
-    if not (run_dir / "report.json").exists():
-        return None
-    report = json.loads((run_dir / "report.json").read_text())
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
-    monitor = [r for r in rows if r["kind"] == "monitor"]
-    co, final = report["co"], report["final"]
-    peak = max(monitor, key=lambda r: r["pgd_accuracy"])
-    last = monitor[-1]
-    onset = f"{co['onset_step']} ({co['rule']['name']})" if co["detected"] else "-"
-    counts = final["attack"].get("class_counts")
-    balanced = "yes" if counts and max(counts) - min(counts) <= 1 else f"{counts}"
-    return (f"| {arm} | {seed} | {co['verdict']} | {onset} "
-            f"| {_pct(peak['pgd_accuracy'])} @ {peak['step']} | {_pct(last['pgd_accuracy'])} "
-            f"| {_pct(last['fgsm_accuracy'])} / {_pct(last['clean_accuracy'])} "
-            f"| {_pct(final['clean_accuracy'])} | {_pct(final['robust_accuracy'])} | {report['steps']['done']} "
-            f"| {balanced} |")
-
-
 def table(args: argparse.Namespace) -> None:
-    print("| arm | seed | verdict | onset step (rule) | monitor PGD peak % @ step | monitor PGD last % "
-          "| monitor FGSM / clean last % | final clean % | final PGD-50-10 % | steps | attacked classes balanced |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for arm in selected(args.only):
-        for seed in args.seeds:
-            line = row(arm, seed)
-            if line:
-                print(line)
+    groups = {arm: [OUT / f"{arm}-seed{seed}" for seed in args.seeds] for arm in selected(args.only)}
+    groups = {arm: [run for run in runs if (run / "report.json").exists()] for arm, runs in groups.items()}
+    groups = {arm: runs for arm, runs in groups.items() if runs}
+    print_tables([run for runs in groups.values() for run in runs], groups)
 
 
 def main() -> None:

@@ -1,7 +1,9 @@
-"""Markdown tables of the CO experiments written by bench/co_runs.sh: one row per run, then the final
-robust accuracy per class (PGD-50-10, and AutoAttack where the run measured it).
+"""Markdown tables of finished runs (e.g. bench/ablation.py's): one row per run, the final robust accuracy
+per class (PGD-50-10, and AutoAttack where the run measured it), and per group of runs (an ablation arm's
+seeds) the verdicts and mean accuracies. Each run is re-rendered first (`coscope report`), so the verdicts are
+today's rules applied to the stored monitor checks.
 
-    python bench/co_table.py [runs/co]
+    python bench/co_table.py [RUNS_FOLDER]
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+
+from core.report import render_run
 
 
 def row(run: Path) -> str:
@@ -19,10 +23,11 @@ def row(run: Path) -> str:
     best = co["best_checkpoint"]
     peak = max(monitor, key=lambda r: r["pgd_accuracy"])
     last = monitor[-1]
-    onset = (f"step {co['onset_step']} (epoch {co['onset_epoch']}), {co['rule']['name']}" if co["detected"]
-             else "none")
+    onset = (f"step {co['onset_step']} (epoch {co['onset_epoch']}), {co['rule']['name']}"
+             if co["verdict"] in ("co", "suspected") else "none")
     autoattack = f"{final['autoattack']['accuracy']:.3f}" if "autoattack" in final else "-"
-    return (f"| {run.name} | {'**CO**' if co['detected'] else 'no CO'} | {onset} "
+    verdict = f"**{co['verdict']}**" if co["verdict"] == "co" else co["verdict"]
+    return (f"| {run.name} | {verdict} | {onset} "
             f"| {peak['pgd_accuracy']:.3f} @ {peak['step']} | {last['pgd_accuracy']:.3f} "
             f"| {last['fgsm_accuracy']:.3f} / {last['clean_accuracy']:.3f} "
             f"| {final['clean_accuracy']:.3f} | {final['robust_accuracy']:.3f} "
@@ -48,9 +53,10 @@ def _report(run: Path) -> dict:
     return json.loads((run / "report.json").read_text())
 
 
-def main() -> None:
-    root = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/co")
-    runs = sorted(p for p in root.iterdir() if (p / "report.json").exists())
+def print_tables(runs: list[Path], groups: dict[str, list[Path]] | None = None) -> None:
+    """The runs table, the per-class table and, for ``groups`` (name -> runs), the per-group summary."""
+    for run in runs:
+        render_run(run)
     print("| run | verdict | onset | monitor PGD peak | monitor PGD last | monitor FGSM / clean last "
           "| final clean | final PGD-50-10 | final AutoAttack | best weights PGD-50-10 |")
     print("|---|---|---|---|---|---|---|---|---|---|")
@@ -64,6 +70,24 @@ def main() -> None:
         print("|---|" + "---|" * len(names))
         for run in with_classes:
             print(class_row(run))
+    if groups:
+        print("\n| arm | runs | verdicts | final clean (mean) | final PGD-50-10 (mean, min-max) |")
+        print("|---|---|---|---|---|")
+        for name, members in groups.items():
+            print(group_row(name, [_report(run) for run in members]))
+
+
+def group_row(name: str, reports: list[dict]) -> str:
+    robust = [r["final"]["robust_accuracy"] for r in reports]
+    clean = [r["final"]["clean_accuracy"] for r in reports]
+    verdicts = ", ".join(r["co"]["verdict"] for r in reports)
+    return (f"| {name} | {len(reports)} | {verdicts} | {sum(clean) / len(clean):.3f} "
+            f"| {sum(robust) / len(robust):.3f} ({min(robust):.3f}-{max(robust):.3f}) |")
+
+
+def main() -> None:
+    root = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/ablation")
+    print_tables(sorted(p for p in root.iterdir() if (p / "report.json").exists()))
 
 
 if __name__ == "__main__":
