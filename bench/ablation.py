@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import copy
 import fnmatch
-import json
 import os
 import subprocess
 import sys

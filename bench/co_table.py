@@ -12,13 +12,13 @@ import json
 import sys
 from pathlib import Path
 
+from core.co import monitor_rows
 from core.report import render_run
 
 
 def row(run: Path) -> str:
     report = _report(run)
-    monitor = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    monitor = [r for r in monitor if r["kind"] == "monitor"]
+    monitor = monitor_rows([json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()])
     co, final = report["co"], report["final"]
     best = co["best_checkpoint"]
     peak = max(monitor, key=lambda r: r["pgd_accuracy"])

@@ -73,11 +73,11 @@ def reference(width: int, steps: int, warmup: int, device) -> float:
     from reference_loop import ReferenceFGSM, reference_epoch, reference_loader, reference_optimizer
 
     from core.data import load_dataset
-    from core.models import build_model
+    from core.models import build_model_for
 
     spec = throughput_spec(width, "fp32", warmup + steps)
     data = load_dataset(spec.dataset, None, spec.seed)
-    model = build_model("preact_resnet18", width, data.num_classes, 3, (32, 32), data.mean, data.std).to(device)
+    model = build_model_for(spec, data).to(device)
     loader = reference_loader(data.train.images, data.train.labels, BATCH, spec.seed)
     optimizer, scheduler = reference_optimizer(model, total_steps=len(loader))
     clock = StepClock(device)
@@ -92,7 +92,8 @@ def forward_flops_per_image(width: int) -> float:
 
     from core.models import build_model
 
-    model = build_model("preact_resnet18", width, 10, 3, (32, 32), (0.5,) * 3, (0.25,) * 3)
+    model = build_model("preact_resnet18", width, 10, in_channels=3, image_size=(32, 32), mean=(0.5,) * 3,
+                        std=(0.25,) * 3)
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
         model(torch.rand(2, 3, 32, 32))

@@ -49,8 +49,8 @@ class SingleStep:
     grad_at_init: torch.Tensor  # d CE / d x at x + delta_0, before taking its sign
 
 
-def single_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float, alpha: float,
-                noise: float = 0.0, project: bool = True, generator: torch.Generator | None = None, *,
+def single_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epsilon: float, alpha: float,
+                noise: float = 0.0, project: bool = True, generator: torch.Generator | None = None,
                 box: bool = True, start_in_box: bool = False) -> SingleStep:
     """delta_0 ~ U(-noise, noise), clip_box; delta = delta_0 + alpha sign(grad); [project to eps]; clip_box.
 
@@ -73,7 +73,7 @@ def single_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: flo
     return SingleStep(clip_box(step, x) if box else step, logits.detach(), grad)
 
 
-def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float, alpha: float | None = None,
+def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float, *, alpha: float | None = None,
          noise: float = 0.0, project: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:
     """Fast Gradient Sign Method (Goodfellow et al. 2015), with the RS-/N-FGSM variants via ``noise``.
 
@@ -82,10 +82,11 @@ def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float, alp
     Shape: x (N, C, H, W) in [0, 1], y (N,) -> delta (N, C, H, W).
     """
     alpha = epsilon if alpha is None else alpha
-    return single_step(model, x, y, epsilon, alpha, noise, project, generator).delta
+    return single_step(model, x, y, epsilon=epsilon, alpha=alpha, noise=noise, project=project,
+                       generator=generator).delta
 
 
-def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float, alpha: float, steps: int,
+def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epsilon: float, alpha: float, steps: int,
         restarts: int = 1, random_start: bool = True, select: str = "strongest",
         generator: torch.Generator | None = None) -> torch.Tensor:
     """Projected Gradient Descent (Madry et al. 2018), L-inf, with restarts.

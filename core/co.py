@@ -230,8 +230,14 @@ def classify(history: Sequence[Mapping[str, Any]], monitor: VerdictSettings, *, 
                    chance_level, level, final_robust_accuracy)
 
 
-def _pct(value: float) -> str:
-    return f"{100.0 * value:.1f}%"
+def percent(value: float | None) -> str:
+    """A fraction as a percentage for people: 0.129 -> '12.9%' (None -> 'n/a')."""
+    return "n/a" if value is None else f"{100.0 * value:.1f}%"
+
+
+def monitor_rows(history: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The monitor checks of a metrics history (metrics.jsonl rows of every kind)."""
+    return [row for row in history if row["kind"] == "monitor"]
 
 
 def _pp(value: float) -> str:
@@ -243,15 +249,15 @@ def _what_fired(onset: Onset, row: Mapping[str, Any]) -> str:
     rule = onset.rule
     pgd, fgsm, clean = row["pgd_accuracy"], row["fgsm_accuracy"], row["clean_accuracy"]
     if rule["name"] == "wong_drop":  # fires only on a drop, so "fell from" is always true here
-        return (f"monitor PGD accuracy fell from {_pct(onset.before['pgd_accuracy'])} at step "
-                f"{onset.before['step']} to {_pct(pgd)}, more than {_pp(rule['wong_drop'])} in one check")
-    gap = f"FGSM accuracy {_pct(fgsm)} more than {_pp(rule['min_gap'])} above it"
+        return (f"monitor PGD accuracy fell from {percent(onset.before['pgd_accuracy'])} at step "
+                f"{onset.before['step']} to {percent(pgd)}, more than {_pp(rule['wong_drop'])} in one check")
+    gap = f"FGSM accuracy {percent(fgsm)} more than {_pp(rule['min_gap'])} above it"
     if rule["name"] == "drop_from_max":
-        return (f"monitor PGD accuracy {_pct(pgd)} is more than {_pp(rule['max_drop'])} below its running "
-                f"maximum {_pct(rule['running_max'])}, with {gap}")
-    signature = f"FGSM accuracy {_pct(fgsm)} above clean accuracy {_pct(clean)}" if fgsm > clean else gap
-    return (f"monitor PGD accuracy {_pct(pgd)} is below {rule['relative_fraction']:g} times its running "
-            f"maximum {_pct(rule['running_max'])} (the {_pct(rule['level'])} level), with {signature}")
+        return (f"monitor PGD accuracy {percent(pgd)} is more than {_pp(rule['max_drop'])} below its running "
+                f"maximum {percent(rule['running_max'])}, with {gap}")
+    signature = f"FGSM accuracy {percent(fgsm)} above clean accuracy {percent(clean)}" if fgsm > clean else gap
+    return (f"monitor PGD accuracy {percent(pgd)} is below {rule['relative_fraction']:g} times its running "
+            f"maximum {percent(rule['running_max'])} (the {percent(rule['level'])} level), with {signature}")
 
 
 def _onset_row(onset: Onset, history: Sequence[Mapping[str, Any]]) -> Mapping[str, Any]:
@@ -261,14 +267,14 @@ def _onset_row(onset: Onset, history: Sequence[Mapping[str, Any]]) -> Mapping[st
 def _confirmation(verdict: Verdict) -> str:
     o = verdict.onset
     assert o is not None
-    level = _pct(o.rule["level"])
+    level = percent(o.rule["level"])
     if o.confirmed_by == "next_check":
         return (f"; confirmed at step {o.confirmed_step}, where PGD accuracy was still below the {level} "
-                f"level (PGD {_pct(o.after['pgd_accuracy'])}, FGSM {_pct(o.after['fgsm_accuracy'])}, "
-                f"clean {_pct(o.after['clean_accuracy'])}).")
+                f"level (PGD {percent(o.after['pgd_accuracy'])}, FGSM {percent(o.after['fgsm_accuracy'])}, "
+                f"clean {percent(o.after['clean_accuracy'])}).")
     if o.confirmed_by == "final_evaluation":
         return (f"; confirmed by the final evaluation of the same (last) weights: PGD robust accuracy "
-                f"{_pct(verdict.final_robust_accuracy or 0.0)} on test images, below the {level} level.")
+                f"{percent(verdict.final_robust_accuracy or 0.0)} on test images, below the {level} level.")
     return " (unconfirmed: monitor.confirm is off)."
 
 
@@ -279,9 +285,9 @@ def verdict_text(verdict: Verdict, history: Sequence[Mapping[str, Any]]) -> str:
     span = f"{checks} (steps {first['step']}-{last['step']})"
     if verdict.code == "never_robust":
         text = (f"Never robust, so no catastrophic overfitting to detect: over {span} the monitor PGD "
-                f"accuracy peaked at {_pct(peak['pgd_accuracy'])} (step {peak['step']}), not above the "
-                f"{_pct(verdict.never_robust_level)} level, which is what a constant classifier scores on "
-                f"the monitor set (its largest class share, {_pct(verdict.chance_level)}) plus a "
+                f"accuracy peaked at {percent(peak['pgd_accuracy'])} (step {peak['step']}), not above the "
+                f"{percent(verdict.never_robust_level)} level, which is what a constant classifier scores on "
+                f"the monitor set (its largest class share, {percent(verdict.chance_level)}) plus a "
                 f"{_pp(verdict.never_robust_level - verdict.chance_level)} margin.")
         if o is not None:
             text += (f" The {o.rule['name']} rule fired at step {o.onset_step} on accuracies that never left "
@@ -294,9 +300,9 @@ def verdict_text(verdict: Verdict, history: Sequence[Mapping[str, Any]]) -> str:
             return f"Catastrophic overfitting detected at {at} by the {o.rule['name']} rule: {fired}" + \
                 _confirmation(verdict)
         final = ("no final evaluation was given" if verdict.final_robust_accuracy is None else
-                 f"the final evaluation's PGD robust accuracy, {_pct(verdict.final_robust_accuracy)}, is not "
-                 f"below the {_pct(o.rule['level'])} level")
+                 f"the final evaluation's PGD robust accuracy, {percent(verdict.final_robust_accuracy)}, is not "
+                 f"below the {percent(o.rule['level'])} level")
         return (f"Catastrophic overfitting suspected at {at}, the last monitor check, by the "
                 f"{o.rule['name']} rule: {fired}; no later check can confirm it, and {final}.")
     return (f"No catastrophic overfitting detected over {span}: PGD accuracy peaked at "
-            f"{_pct(peak['pgd_accuracy'])} (step {peak['step']}) and ended at {_pct(last['pgd_accuracy'])}.")
+            f"{percent(peak['pgd_accuracy'])} (step {peak['step']}) and ended at {percent(last['pgd_accuracy'])}.")

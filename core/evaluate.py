@@ -43,13 +43,14 @@ def pgd_correct(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, tr
         for start in range(0, len(labels), batch_size):
             y = labels[start:start + batch_size]
             x = transform(images[start:start + batch_size], y)
-            delta = pgd(model, x, y, epsilon, alpha, steps, restarts, select="strongest", generator=generator)
+            delta = pgd(model, x, y, epsilon=epsilon, alpha=alpha, steps=steps, restarts=restarts,
+                        select="strongest", generator=generator)
             with torch.no_grad():
                 hits.append(model(x + delta).argmax(1) == y)
     return torch.cat(hits) if hits else torch.zeros(0, dtype=torch.bool, device=labels.device)
 
 
-def robust_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, transform: InputTransform,
+def robust_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, transform: InputTransform, *,
                     epsilon: float, alpha: float, steps: int, restarts: int, batch_size: int = 512,
                     generator: torch.Generator | None = None) -> float:
     """PGD-``steps``-``restarts`` accuracy; a sample counts as broken when any restart breaks it."""
@@ -69,7 +70,7 @@ def fraction(hits: torch.Tensor) -> float:
 
 
 def robust_accuracy_max_loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
-                             transform: InputTransform, epsilon: float, alpha: float, steps: int, restarts: int,
+                             transform: InputTransform, *, epsilon: float, alpha: float, steps: int, restarts: int,
                              batch_size: int = 512, generator: torch.Generator | None = None) -> float:
     """The released code's convention, for comparison: every restart runs all steps on every sample, and
     per sample the final iterate with the largest loss is kept (paper-notes §5). Slower and never stronger
@@ -81,7 +82,8 @@ def robust_accuracy_max_loss(model: nn.Module, images: torch.Tensor, labels: tor
             x = transform(images[start:start + batch_size], y)
             best_delta, best_loss = torch.zeros_like(x), torch.full_like(y, -float("inf"), dtype=torch.float32)
             for _ in range(restarts):
-                delta = pgd(model, x, y, epsilon, alpha, steps, select="last", generator=generator)
+                delta = pgd(model, x, y, epsilon=epsilon, alpha=alpha, steps=steps, select="last",
+                            generator=generator)
                 with torch.no_grad():
                     loss = F.cross_entropy(model(x + delta).float(), y, reduction="none")
                 better = loss > best_loss

@@ -8,7 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.data import Dataset
+from core.errors import SpecError
 from core.interventions import block_mask, dct_matrix
+from core.spec import JobSpec
 
 
 class Normalize(nn.Module):
@@ -113,7 +116,7 @@ class SmallCNN(nn.Module):
         return self.head(self.features(x))
 
 
-def build_model(arch: str, width: int, num_classes: int, in_channels: int, image_size: tuple[int, int],
+def build_model(arch: str, width: int, num_classes: int, *, in_channels: int, image_size: tuple[int, int],
                 mean: Sequence[float], std: Sequence[float], spectral: tuple[int, str] | None = None) -> nn.Module:
     """Normalize -> [DCT filter] -> network. ``spectral`` = (bandwidth, 'low' | 'high') or None."""
     if arch in ("preact_resnet18", "preact_resnet18_he"):
@@ -129,3 +132,22 @@ def build_model(arch: str, width: int, num_classes: int, in_channels: int, image
     if spectral is not None:
         layers.append(DCTFilter(*image_size, *spectral))
     return nn.Sequential(*layers, net)
+
+
+def build_model_for(spec: JobSpec, data: Dataset) -> nn.Module:
+    """The spec's network for ``data``: its normalisation statistics, the spectral filter of a low/high-pass
+    intervention, then the architecture (on the CPU; move it)."""
+    channels, height, width = data.image_shape
+    return build_model(spec.model.arch, spec.model.width, data.num_classes, in_channels=channels,
+                       image_size=(height, width), mean=data.mean, std=data.std,
+                       spectral=spectral_layer(spec, data))
+
+
+def spectral_layer(spec: JobSpec, data: Dataset) -> tuple[int, str] | None:
+    kind, bandwidth = spec.intervention.kind, spec.intervention.bandwidth
+    if kind not in ("low_pass", "high_pass"):
+        return None
+    side = min(data.image_shape[1:])
+    if bandwidth > side:
+        raise SpecError(f"intervention.bandwidth {bandwidth} is larger than the image side {side}")
+    return bandwidth, "low" if kind == "low_pass" else "high"

@@ -48,7 +48,7 @@ class Monitor:
         test_index = test_order[:min(self.settings.test_images, len(data.test))]
         self.test_y = data.test.labels[test_index]
         self.test_x = transform(data.test.images[test_index], self.test_y)
-        self.injected = spec.intervention.kind in ("inject", "inject_orthogonal")
+        self.injected = spec.intervention.injects
         self.class_carriers = carriers(data.num_classes, data.image_shape).to(device)
         self.basis = carrier_basis(self.class_carriers)
         if self.injected:  # x - beta v_y: the carrier now points to another class (paper-notes §3.4)
@@ -105,8 +105,8 @@ class Monitor:
     def _chunk_metrics(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator,
                        indicators: bool) -> dict[str, float]:
         eps, settings = self.epsilon, self.settings
-        fgsm = single_step(model, x, y, eps, eps, generator=generator)
-        delta = pgd(model, x, y, eps, settings.pgd_step_fraction * eps, settings.pgd_steps, restarts=1,
+        fgsm = single_step(model, x, y, epsilon=eps, alpha=eps, generator=generator)
+        delta = pgd(model, x, y, epsilon=eps, alpha=settings.pgd_step_fraction * eps, steps=settings.pgd_steps,
                     generator=generator)
         metrics = {
             "clean_accuracy": _fraction(fgsm.logits_at_init.argmax(1) == y),

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.attacks import clip_box, fgsm, gradient_cosine, input_gradient, pgd, uniform_noise
+from core.attacks import clip_box, gradient_cosine, input_gradient, uniform_noise
 
 
 def _check_batch(x: torch.Tensor, y: torch.Tensor) -> None:
@@ -28,29 +28,6 @@ def _check_batch(x: torch.Tensor, y: torch.Tensor) -> None:
 def _losses(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     logits = model(x)
     return F.cross_entropy(logits if logits.dtype == torch.float64 else logits.float(), y, reduction="none")
-
-
-def accuracy_under(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                   delta: torch.Tensor | None = None) -> float:
-    """Fraction of x + delta classified as y (delta None or 0: clean accuracy)."""
-    _check_batch(x, y)
-    with torch.no_grad():
-        logits = model(x if delta is None else x + delta)
-    return (logits.argmax(1) == y).float().mean().item()
-
-
-def attack_accuracies(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float,
-                      pgd_steps: int = 10, pgd_step_fraction: float = 0.25,
-                      generator: torch.Generator | None = None) -> dict[str, float]:
-    """Clean, FGSM (no random start, step epsilon) and PGD-k/1 (step fraction x epsilon, random start)
-    accuracy, plus their gap: the keys ``core.co.detect_onset`` reads from a monitor check row."""
-    _check_batch(x, y)
-    clean = accuracy_under(model, x, y)
-    fgsm_acc = accuracy_under(model, x, y, fgsm(model, x, y, epsilon))
-    delta = pgd(model, x, y, epsilon, pgd_step_fraction * epsilon, pgd_steps, restarts=1, generator=generator)
-    pgd_acc = accuracy_under(model, x, y, delta)
-    return {"clean_accuracy": clean, "fgsm_accuracy": fgsm_acc, "pgd_accuracy": pgd_acc,
-            "fgsm_pgd_gap": fgsm_acc - pgd_acc}
 
 
 def gradient_alignment(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float,

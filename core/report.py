@@ -11,8 +11,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from core.co import Onset, Verdict, chance_level, classify, verdict_text
-from core.spec import JobSpec
+from core.co import Onset, Verdict, chance_level, classify, monitor_rows, percent, verdict_text
+from core.spec import InterventionSpec, JobSpec
 
 MAX_TABLE_CLASSES = 20  # summary.md lists per-class accuracies up to this many classes
 
@@ -21,7 +21,7 @@ def write_run_summary(out: Path, report: dict[str, Any], history: list[dict[str,
     """Write report.json (with ``co.verdict`` and ``co.verdict_text``), summary.md and curves.png; return
     the verdict line ("code: sentence")."""
     spec = JobSpec.model_validate(report["spec"])
-    monitor = [row for row in history if row["kind"] == "monitor"]
+    monitor = monitor_rows(history)
     co, verdict = report.get("co"), None
     if co is None:
         text = "No CO monitor ran (monitor.enabled: false)."
@@ -72,14 +72,10 @@ def render_run(run_dir: Path) -> str:
     return write_run_summary(run_dir, report, history)
 
 
-def _pct(value: float | None) -> str:
-    return "n/a" if value is None else f"{100 * value:.1f} %"
-
-
 def summary_markdown(report: dict[str, Any], verdict: str) -> str:
     spec, final, co = report["spec"], report["final"], report.get("co")
     t, attack, intervention = spec["training"], final["attack"], spec["intervention"]
-    if intervention["kind"] in ("inject", "inject_orthogonal"):
+    if InterventionSpec.model_validate(intervention).injects:
         applied = f"`{intervention['kind']}` (beta {intervention['beta']}/255)"
     elif intervention["kind"] in ("low_pass", "high_pass"):
         applied = f"`{intervention['kind']}` (bandwidth {intervention['bandwidth']})"
@@ -91,7 +87,7 @@ def summary_markdown(report: dict[str, Any], verdict: str) -> str:
         f"- Method `{t['method']}` at epsilon {t['epsilon']}/255, intervention {applied},"
         f" {t['epochs']} epochs on `{spec['dataset']['name']}`"
         f" ({report['data']['train_images']} training images).",
-        f"- Final (last weights): clean {_pct(final['clean_accuracy'])}, robust {_pct(final['robust_accuracy'])}"
+        f"- Final (last weights): clean {percent(final['clean_accuracy'])}, robust {percent(final['robust_accuracy'])}"
         f" under PGD-{attack['steps']}-{attack['restarts']} on {attack['test_images']} test images.",
     ]
     if "autoattack" in final:
@@ -100,10 +96,10 @@ def summary_markdown(report: dict[str, Any], verdict: str) -> str:
         best = co["best_checkpoint"]
         best_final = best.get("final") or {}
         best_aa = best_final.get("autoattack")
-        best_aa = f", AutoAttack {_pct(best_aa['accuracy'])}" if best_aa else ""
-        lines.append(f"- Best-robust weights (step {best['step']}, monitor PGD {_pct(best['monitor_pgd_accuracy'])}):"
-                     f" clean {_pct(best_final.get('clean_accuracy'))},"
-                     f" robust {_pct(best_final.get('robust_accuracy'))}{best_aa}.")
+        best_aa = f", AutoAttack {percent(best_aa['accuracy'])}" if best_aa else ""
+        lines.append(f"- Best-robust weights (step {best['step']}, monitor PGD {percent(best['monitor_pgd_accuracy'])}):"
+                     f" clean {percent(best_final.get('clean_accuracy'))},"
+                     f" robust {percent(best_final.get('robust_accuracy'))}{best_aa}.")
     lines.append(f"- Training {report['timing']['train_seconds']:.0f} s "
                  f"({report['timing']['train_images_per_second']:.0f} images/s), monitor "
                  f"{report['timing']['monitor_seconds']:.0f} s, evaluation {report['timing']['eval_seconds']:.0f} s"
@@ -113,10 +109,10 @@ def summary_markdown(report: dict[str, Any], verdict: str) -> str:
 
 def _autoattack_line(autoattack: dict[str, Any]) -> str:
     """One summary line for ``final.autoattack``: the accuracy after all attacks and after each one."""
-    steps = ", ".join(f"{name.upper()} {_pct(value)}" for name, value in autoattack["per_attack"].items())
+    steps = ", ".join(f"{name.upper()} {percent(value)}" for name, value in autoattack["per_attack"].items())
     return (f"- AutoAttack ({autoattack['version']}, {autoattack['implementation']}) at epsilon"
             f" {autoattack['epsilon']}/255 on the same {autoattack['images']} images: robust"
-            f" {_pct(autoattack['accuracy'])} (after {steps}; {autoattack['seconds']:.0f} s).")
+            f" {percent(autoattack['accuracy'])} (after {steps}; {autoattack['seconds']:.0f} s).")
 
 
 def _per_class_table(final: dict[str, Any]) -> list[str]:
@@ -134,9 +130,9 @@ def _per_class_table(final: dict[str, Any]) -> list[str]:
              "| " + " | ".join(columns + ["AutoAttack"] * bool(autoattack)) + " |",
              "|" + "---|" * (len(columns) + bool(autoattack))]
     for row, count in zip(rows, counts, strict=True):
-        cells = [row["name"], str(count), _pct(row["clean_accuracy"]), _pct(row["robust_accuracy"])]
+        cells = [row["name"], str(count), percent(row["clean_accuracy"]), percent(row["robust_accuracy"])]
         if autoattack:
-            cells.append(_pct(autoattack["per_class"][row["label"]]["robust_accuracy"]))
+            cells.append(percent(autoattack["per_class"][row["label"]]["robust_accuracy"]))
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -152,7 +148,7 @@ def plot_curves(history: list[dict[str, Any]], path: Path, onset: Onset | None =
     import matplotlib.pyplot as plt
 
     train = [row for row in history if row["kind"] == "train"]
-    monitor = [row for row in history if row["kind"] == "monitor"]
+    monitor = monitor_rows(history)
     figure, axes = plt.subplots(2, 2, figsize=(12, 7.5))
     loss_axis, accuracy_axis, alignment_axis, linearity_axis = axes.flat
     if train:

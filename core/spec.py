@@ -58,6 +58,11 @@ class InterventionSpec(_Section):
     beta: Per255 = 8.0  # carrier strength for inject kinds, /255 (paper config: 8)
     bandwidth: int = Field(16, ge=1, le=512)  # side of the kept DCT block for filters (paper: 16)
 
+    @property
+    def injects(self) -> bool:
+        """A carrier is added to the images (``inject`` or ``inject_orthogonal``)."""
+        return self.kind in ("inject", "inject_orthogonal")
+
 
 class ModelSpec(_Section):
     arch: Literal["preact_resnet18", "preact_resnet18_he", "small_cnn"] = "preact_resnet18"  # preact_resnet18:
@@ -163,7 +168,7 @@ class JobSpec(_Section):
     def _consistent(self) -> JobSpec:
         if self.training.method == "standard" and self.training.alpha not in (None, 0.0):
             raise ValueError("training.alpha has no meaning for method 'standard'")
-        injected = self.intervention.kind in ("inject", "inject_orthogonal")
+        injected = self.intervention.injects
         if not self.training.clip_box and self.training.method not in ("fgsm", "rs_fgsm", "n_fgsm", "grad_align"):
             raise ValueError("training.clip_box false applies to single-step methods only")
         if self.monitor.curvature_subspace != "full" and not injected:

@@ -13,7 +13,7 @@ import json
 import math
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,12 +26,19 @@ from torch import nn
 from core import checkpoint, hostmem
 from core.attacks import gradient_cosine, input_gradient, pgd, single_step, uniform_noise
 from core.autoattack import autoattack_section
-from core.co import Onset, chance_level, classify, detect_onset
+from core.co import Onset, chance_level, classify, detect_onset, monitor_rows
 from core.data import Dataset, augment, balanced_order, class_counts, epoch_order, load_dataset
 from core.errors import Cancelled, DivergedError, SpecError
-from core.evaluate import InputTransform, clean_accuracy, clean_correct, fraction, per_class_accuracy, pgd_correct
+from core.evaluate import (
+    InputTransform,
+    clean_accuracy,
+    clean_correct,
+    fraction,
+    per_class_accuracy,
+    pgd_correct,
+)
 from core.interventions import carrier_basis, carriers, inject, inject_orthogonal
-from core.models import build_model
+from core.models import build_model_for
 from core.monitor import Monitor
 from core.report import onset_fields, write_run_summary
 from core.schedule import lr_and_momentum
@@ -39,7 +46,8 @@ from core.spec import PER_255, JobSpec, TrainingSpec
 
 EPOCH_TEST_IMAGES = 1000  # test images for the per-epoch clean accuracy (cheap, no attack)
 CHECKPOINT, BEST_CHECKPOINT = "checkpoint.pt", "best.pt"
-SUM_SLOTS = ("loss", "adv_correct", "clean_correct", "clean_seen", "seen")
+SUM_SLOTS = ("loss", "adv_correct", "clean_correct", "clean_seen", "seen")  # columns of the running sums
+EPOCH, INTERVAL = 0, 1  # rows of the running sums: this epoch, and since the last logged step
 
 
 @dataclass
@@ -90,41 +98,34 @@ def input_transform(spec: JobSpec, data: Dataset, device: torch.device) -> Input
     return transform
 
 
-def spectral_layer(spec: JobSpec, data: Dataset) -> tuple[int, str] | None:
-    kind, bandwidth = spec.intervention.kind, spec.intervention.bandwidth
-    if kind not in ("low_pass", "high_pass"):
-        return None
-    side = min(data.image_shape[1:])
-    if bandwidth > side:
-        raise SpecError(f"intervention.bandwidth {bandwidth} is larger than the image side {side}")
-    return bandwidth, "low" if kind == "low_pass" else "high"
-
-
 # ---------------------------------------------------------------------------------------------------
 # One training step per method
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
                t: TrainingSpec, generator: torch.Generator | None) -> torch.Tensor:
-    """One optimizer step of ``t.method``; returns the SUM_SLOTS sums of this batch as one tensor.
+    """One optimizer step of ``t.method``; returns this batch's sums as one tensor, in SUM_SLOTS order.
 
     Nothing here synchronises with the device: the sums stay tensors until the trainer logs them.
     """
     eps, alpha, noise = t.epsilon * PER_255, (t.alpha or 0.0) * PER_255, (t.noise_magnitude or 0.0) * PER_255
-    clean_logits = None
-    regulariser = None
-    if t.method == "standard":
-        x_train = x
-    elif t.method == "pgd":
-        x_train = x + pgd(model, x, y, eps, alpha, t.pgd_steps, select="last", generator=generator)
-    else:
-        attack = single_step(model, x, y, eps, alpha, noise, project=t.method != "n_fgsm", generator=generator,
-                             box=t.clip_box, start_in_box=t.attack_start == "box_clipped")
-        x_train = x + attack.delta
-        if noise == 0.0 and t.attack_start == "input":  # the first forward was on x: clean accuracy for free
-            clean_logits = attack.logits_at_init
-        if t.method == "grad_align":
-            regulariser = _grad_align_term(model, x, y, x_train, attack.grad_at_init, eps, t, generator)
+    clean_logits = regulariser = None
+    match t.method:
+        case "standard":
+            x_train = x
+        case "pgd":
+            x_train = x + pgd(model, x, y, epsilon=eps, alpha=alpha, steps=t.pgd_steps, select="last",
+                              generator=generator)
+        case "fgsm" | "rs_fgsm" | "n_fgsm" | "grad_align":
+            attack = single_step(model, x, y, epsilon=eps, alpha=alpha, noise=noise, project=t.method != "n_fgsm",
+                                 generator=generator, box=t.clip_box, start_in_box=t.attack_start == "box_clipped")
+            x_train = x + attack.delta
+            if noise == 0.0 and t.attack_start == "input":  # the first forward was on x: clean accuracy for free
+                clean_logits = attack.logits_at_init
+            if t.method == "grad_align":
+                regulariser = _grad_align_term(model, x, y, x_train, attack.grad_at_init, eps, t, generator)
+        case _:
+            raise SpecError(f"unknown training method {t.method!r}")
 
     logits = model(x_train)
     loss = F.cross_entropy(logits.float(), y)
@@ -136,12 +137,11 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tens
     if t.method == "standard":
         clean_logits = logits
     batch = torch.tensor(float(len(y)), device=y.device)
-    adv_correct = (logits.argmax(1) == y).sum().float()
-    if clean_logits is None:
-        clean_correct, clean_seen = torch.zeros_like(batch), torch.zeros_like(batch)
-    else:
-        clean_correct, clean_seen = (clean_logits.argmax(1) == y).sum().float(), batch
-    return torch.stack([total.detach().float() * batch, adv_correct, clean_correct, clean_seen, batch])
+    sums = {"loss": total.detach().float() * batch, "adv_correct": (logits.argmax(1) == y).sum().float(),
+            "clean_correct": torch.zeros_like(batch), "clean_seen": torch.zeros_like(batch), "seen": batch}
+    if clean_logits is not None:
+        sums["clean_correct"], sums["clean_seen"] = (clean_logits.argmax(1) == y).sum().float(), batch
+    return torch.stack([sums[slot] for slot in SUM_SLOTS])
 
 
 def _grad_align_term(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor,
@@ -228,9 +228,7 @@ class _Run:
         self.data = load_dataset(spec.dataset, data_root, spec.seed).to(device)
         self.transform = input_transform(spec, self.data, device)
         torch.manual_seed(spec.seed)
-        shape = self.data.image_shape
-        model = build_model(spec.model.arch, spec.model.width, self.data.num_classes, shape[0], shape[1:],
-                            self.data.mean, self.data.std, spectral_layer(spec, self.data)).to(device)
+        model = build_model_for(spec, self.data).to(device)
         self.memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
         self.model = model.to(memory_format=self.memory_format)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.0, momentum=t.momentum,
@@ -241,7 +239,7 @@ class _Run:
         self.epoch_test = balanced_order(self.data.test.labels, spec.seed + 2)[:EPOCH_TEST_IMAGES].to(device)
         self.total_steps = self.steps_per_epoch * t.epochs
         self.state = TrainState()
-        self.sums = torch.zeros(2, len(SUM_SLOTS), dtype=torch.float64, device=device)  # epoch, interval
+        self.sums = torch.zeros(2, len(SUM_SLOTS), dtype=torch.float64, device=device)  # EPOCH, INTERVAL rows
         self.metrics = _MetricsFile(out / "metrics.jsonl", self.state.history)
 
     # ---- Checkpoints ---------------------------------------------------------------------------
@@ -280,45 +278,68 @@ class _Run:
         return self._finish()
 
     def _train_epoch(self) -> None:
-        state, t, data = self.state, self.t, self.data
-        order = epoch_order(len(data.train), self.spec.seed, state.epoch).to(self.device)
-        started = self._clock()
+        state = self.state
+        order = epoch_order(len(self.data.train), self.spec.seed, state.epoch).to(self.device)
         self.model.train()
-        while state.batch < self.steps_per_epoch and not self._step_cap_reached():
-            if self.callbacks.should_stop():
-                state.train_seconds += self._clock() - started
-                self.save()
-                raise Cancelled(f"cancelled at step {state.step}; checkpoint written")
-            index = order[state.batch * t.batch_size:(state.batch + 1) * t.batch_size]
-            y = data.train.labels[index]
-            images = data.train.images[index]
-            if self.spec.dataset.augment:
-                images = augment(images.float(), self.generator).round_().to(torch.uint8)
-            x = self.transform(images, y).contiguous(memory_format=self.memory_format)
-            lr, momentum = lr_and_momentum(t.lr_schedule, state.step, self.total_steps, t.lr_max, t.momentum)
-            for group in self.optimizer.param_groups:
-                group["lr"], group["momentum"] = lr, momentum
-            with autocast(self.device, t.precision):
-                self.sums += train_step(self.model, self.optimizer, x, y, t, self.generator)
-            state.step, state.batch, state.images_seen = state.step + 1, state.batch + 1, state.images_seen + len(y)
-            if state.step % t.log_every == 0:
-                row = _rates(self.sums[1], kind="train", epoch=state.epoch, step=state.step, lr=lr,
-                             momentum=momentum)
-                self.sums[1].zero_()
-                _check_finite(row)
-                self._record(row, "metrics")
-            self.callbacks.on_event({"type": "progress", "epoch": state.epoch, "step": state.step,
-                                     "total_steps": self.total_steps})
-            end_of_epoch = state.batch == self.steps_per_epoch or self._step_cap_reached()  # checked there
-            due = state.step - state.last_check_step >= self.spec.monitor.every_steps
-            if self.monitor and due and not end_of_epoch:
-                state.train_seconds += self._clock() - started
-                self._check(curvature=False)
-                if state.stopped_early:
-                    return
-                started = self._clock()
-        state.train_seconds += self._clock() - started
+        cancelled = False
+        with self._timed("train_seconds") as stopwatch:
+            for index in self._batches(order):
+                if cancelled := self.callbacks.should_stop():
+                    break
+                self._train_batch(index)
+                if self._check_due():
+                    with stopwatch.paused():  # monitor time is booked apart, in _check
+                        self._check(curvature=False)
+                    if state.stopped_early:
+                        return
+        if cancelled:
+            self.save()
+            raise Cancelled(f"cancelled at step {state.step}; checkpoint written")
         self._end_epoch()
+
+    def _batches(self, order: torch.Tensor) -> Iterator[torch.Tensor]:
+        """Index tensors of this epoch's batches, from ``state.batch`` (a resume) to the epoch's or max_steps' end."""
+        size = self.t.batch_size
+        while not self._epoch_done():
+            yield order[self.state.batch * size:(self.state.batch + 1) * size]
+
+    def _train_batch(self, index: torch.Tensor) -> None:
+        state, t, data = self.state, self.t, self.data
+        y, images = data.train.labels[index], data.train.images[index]
+        if self.spec.dataset.augment:
+            images = augment(images.float(), self.generator).round_().to(torch.uint8)
+        x = self.transform(images, y).contiguous(memory_format=self.memory_format)
+        lr, momentum = lr_and_momentum(t.lr_schedule, state.step, self.total_steps, t.lr_max, t.momentum)
+        for group in self.optimizer.param_groups:
+            group["lr"], group["momentum"] = lr, momentum
+        with autocast(self.device, t.precision):
+            self.sums += train_step(self.model, self.optimizer, x, y, t, self.generator)
+        state.step, state.batch, state.images_seen = state.step + 1, state.batch + 1, state.images_seen + len(y)
+        if state.step % t.log_every == 0:
+            row = _rates(self.sums[INTERVAL], kind="train", epoch=state.epoch, step=state.step, lr=lr,
+                         momentum=momentum)
+            self.sums[INTERVAL].zero_()
+            _check_finite(row)
+            self._record(row, "metrics")
+        self.callbacks.on_event({"type": "progress", "epoch": state.epoch, "step": state.step,
+                                 "total_steps": self.total_steps})
+
+    def _epoch_done(self) -> bool:
+        return self.state.batch >= self.steps_per_epoch or self._step_cap_reached()
+
+    def _check_due(self) -> bool:
+        """A mid-epoch monitor check is due (the epoch's end always checks, in _end_epoch)."""
+        due = self.state.step - self.state.last_check_step >= self.spec.monitor.every_steps
+        return self.monitor is not None and due and not self._epoch_done()
+
+    @contextlib.contextmanager
+    def _timed(self, field: str) -> Iterator[Stopwatch]:
+        """Add the seconds spent in the block (less any ``paused`` parts) to ``state.<field>``."""
+        stopwatch = Stopwatch(self._clock)
+        try:
+            yield stopwatch
+        finally:
+            setattr(self.state, field, getattr(self.state, field) + stopwatch.stop())
 
     def _clock(self) -> float:
         """Seconds for phase timings; on CUDA after the queued kernels ran, so each phase pays its own work."""
@@ -334,7 +355,7 @@ class _Run:
         with full_precision(self.device):
             test_clean = clean_accuracy(self.model, data.test.images[self.epoch_test],
                                         data.test.labels[self.epoch_test], self.transform, t.batch_size)
-        row = _rates(self.sums[0], kind="epoch", epoch=state.epoch, step=state.step,
+        row = _rates(self.sums[EPOCH], kind="epoch", epoch=state.epoch, step=state.step,
                      test_clean_accuracy=test_clean)
         _check_finite(row)
         self.sums.zero_()
@@ -349,9 +370,8 @@ class _Run:
         """Run the monitor, keep the best-robust weights, and act on a newly confirmed onset."""
         assert self.monitor is not None
         state, settings = self.state, self.spec.monitor
-        started = self._clock()
-        row = self._off_the_training_heap(self._monitor_row, curvature)
-        state.monitor_seconds += self._clock() - started
+        with self._timed("monitor_seconds"):
+            row = self._off_the_training_heap(self._monitor_row, curvature)
         state.last_check_step = state.step
         self._record(row, "monitor")
         if state.onset is None and row["pgd_accuracy"] > state.best_pgd_accuracy:
@@ -445,10 +465,6 @@ class _Run:
         return final
 
 
-def monitor_rows(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [row for row in history if row["kind"] == "monitor"]
-
-
 def co_section(spec: JobSpec, state: TrainState, monitor: Monitor) -> dict[str, Any]:
     """The report's ``co`` block: the verdict, the rows around the onset, the best checkpoint, the set-up."""
     settings = spec.monitor
@@ -486,11 +502,29 @@ def build_report(spec: JobSpec, final: dict[str, Any], data: Dataset, device: to
 
 
 def _rates(sums: torch.Tensor, **fields: Any) -> dict[str, Any]:
-    """Turn one row of SUM_SLOTS sums into a metrics row (this is where the trainer synchronises)."""
-    loss, adv_correct, clean_correct, clean_seen, seen = sums.tolist()
-    seen = max(seen, 1.0)
-    return {**fields, "train_loss": loss / seen, "train_adv_accuracy": adv_correct / seen,
-            "train_clean_accuracy": clean_correct / clean_seen if clean_seen else None}
+    """Turn one row of running sums (SUM_SLOTS columns) into a metrics row (here the trainer synchronises)."""
+    total = dict(zip(SUM_SLOTS, sums.tolist(), strict=True))
+    seen = max(total["seen"], 1.0)
+    return {**fields, "train_loss": total["loss"] / seen, "train_adv_accuracy": total["adv_correct"] / seen,
+            "train_clean_accuracy": total["clean_correct"] / total["clean_seen"] if total["clean_seen"] else None}
+
+
+class Stopwatch:
+    """Running seconds of a phase, with parts ``paused`` out of it (a monitor check inside training)."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self.clock, self.seconds, self.started = clock, 0.0, clock()
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        self.seconds += self.clock() - self.started
+        try:
+            yield
+        finally:
+            self.started = self.clock()
+
+    def stop(self) -> float:
+        return self.seconds + self.clock() - self.started
 
 
 def _check_finite(row: dict[str, Any]) -> None:
@@ -527,8 +561,6 @@ def load_trained(run_dir: str | Path, weights: str = CHECKPOINT, device: torch.d
     run_dir, device = Path(run_dir), torch.device(device)
     spec = JobSpec.model_validate(json.loads((run_dir / "report.json").read_text())["spec"])
     data = load_dataset(spec.dataset, data_root, spec.seed).to(device)
-    shape = data.image_shape
-    model = build_model(spec.model.arch, spec.model.width, data.num_classes, shape[0], shape[1:],
-                        data.mean, data.std, spectral_layer(spec, data)).to(device)
+    model = build_model_for(spec, data).to(device)
     model.load_state_dict(checkpoint.load(run_dir / weights, device, spec.sha256())["model"])
     return TrainedRun(spec, model.eval(), data, input_transform(spec, data, device))

@@ -30,7 +30,7 @@ def batches(single_thread):
 
 def small_model() -> torch.nn.Module:
     torch.manual_seed(0)
-    return build_model("preact_resnet18", 8, 10, 3, (32, 32), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    return build_model("preact_resnet18", 8, 10, in_channels=3, image_size=(32, 32), mean=(0.5,) * 3, std=(0.25,) * 3)
 
 
 def test_reference_attack_is_fgsm(batches):

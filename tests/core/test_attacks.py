@@ -141,7 +141,7 @@ def test_pgd_last_without_random_start_matches_explicit_loop_on_linear_model():
         expected = expected + alpha * torch.sign(gradient)
         expected = torch.clamp(expected, -EPS, EPS)
         expected = torch.minimum(torch.maximum(expected, -x), 1.0 - x)
-    delta = pgd(model, x, y, EPS, alpha, steps, random_start=False, select="last")
+    delta = pgd(model, x, y, epsilon=EPS, alpha=alpha, steps=steps, random_start=False, select="last")
     assert torch.allclose(delta, expected, atol=1e-12, rtol=0)
 
 
@@ -153,7 +153,8 @@ def test_pgd_stays_in_ball_and_box_and_keeps_mode(mode, select, restarts):
     x = torch.rand(16, 3, 8, 8, generator=generator)
     x[:4] = (x[:4] > 0.5).float()  # saturated images: the box is active
     y = torch.randint(0, 10, (16,), generator=generator)
-    delta = pgd(model, x, y, EPS, 2 / 255, 4, restarts=restarts, select=select, generator=generator)
+    delta = pgd(model, x, y, epsilon=EPS, alpha=2 / 255, steps=4, restarts=restarts, select=select,
+                generator=generator)
     assert model.training == (mode == "train")
     assert all(m.training == (mode == "train") for m in model.modules())
     assert delta.shape == x.shape and not delta.requires_grad
@@ -167,14 +168,14 @@ def test_attacks_leave_parameter_grads_untouched(select, restarts):
     x = torch.rand(8, 3, 8, 8, generator=torch.Generator().manual_seed(12))
     y = torch.randint(0, 10, (8,), generator=torch.Generator().manual_seed(13))
     parameters = list(model.parameters())
-    pgd(model, x, y, EPS, 2 / 255, 3, restarts=restarts, select=select)
+    pgd(model, x, y, epsilon=EPS, alpha=2 / 255, steps=3, restarts=restarts, select=select)
     fgsm(model, x, y, EPS, noise=EPS)
     assert all(p.grad is None for p in parameters)
 
     preset = [torch.full_like(p, 0.25) for p in parameters]
     for p, g in zip(parameters, preset, strict=True):
         p.grad = g.clone()
-    pgd(model, x, y, EPS, 2 / 255, 3, restarts=restarts, select=select)
+    pgd(model, x, y, epsilon=EPS, alpha=2 / 255, steps=3, restarts=restarts, select=select)
     fgsm(model, x, y, EPS, noise=EPS)
     assert all(torch.equal(p.grad, g) for p, g in zip(parameters, preset, strict=True))
 
@@ -182,8 +183,9 @@ def test_attacks_leave_parameter_grads_untouched(select, restarts):
 def test_pgd_strongest_with_restarts_is_no_weaker_than_clean_or_single_last_run(cnn_task):
     model, x, y = cnn_task
     epsilon, alpha, steps = 2 / 255, 0.5 / 255, 5
-    last = pgd(model, x, y, epsilon, alpha, steps, select="last", generator=torch.Generator().manual_seed(14))
-    strongest = pgd(model, x, y, epsilon, alpha, steps, restarts=3, select="strongest",
+    last = pgd(model, x, y, epsilon=epsilon, alpha=alpha, steps=steps, select="last",
+               generator=torch.Generator().manual_seed(14))
+    strongest = pgd(model, x, y, epsilon=epsilon, alpha=alpha, steps=steps, restarts=3, select="strongest",
                     generator=torch.Generator().manual_seed(14))
     clean_accuracy = accuracy(model, x, y)
     last_accuracy = accuracy(model, x + last, y)
@@ -211,7 +213,7 @@ def test_pgd_strongest_returns_misclassifying_delta_for_every_sample_broken_in_a
     model, x, y = cnn_task
     recorder = Recorder(model).eval()
     epsilon = 2 / 255
-    delta = pgd(recorder, x, y, epsilon, 0.5 / 255, 4, restarts=3, select="strongest",
+    delta = pgd(recorder, x, y, epsilon=epsilon, alpha=0.5 / 255, steps=4, restarts=3, select="strongest",
                 generator=torch.Generator().manual_seed(15))
     # map every evaluated input back to its sample (clean samples are far apart compared to epsilon)
     broken = torch.zeros(x.shape[0], dtype=torch.bool)
@@ -253,7 +255,7 @@ def test_pgd_strongest_prefers_misclassifying_restart_over_higher_loss_correct_o
     assert torch.all(model(x + 0.05).argmax(1) != y) and torch.all(model(x - 0.05).argmax(1) == y)
     # each restart lands on the wrong side with probability 1/2: with 5 restarts only ~1/32 of the
     # samples should never be broken; keeping the highest-loss iterate instead would leave ~1/2 correct
-    delta = pgd(model, x, y, 0.1, 0.01, 1, restarts=5, select="strongest",
+    delta = pgd(model, x, y, epsilon=0.1, alpha=0.01, steps=1, restarts=5, select="strongest",
                 generator=torch.Generator().manual_seed(19))
     assert delta.abs().max().item() <= 0.1 + 1e-7
     robust = (model(x + delta).argmax(1) == y).float().mean().item()
@@ -263,9 +265,9 @@ def test_pgd_strongest_prefers_misclassifying_restart_over_higher_loss_correct_o
 def test_pgd_rejects_unknown_select_and_last_with_restarts(cnn_task):
     model, x, y = cnn_task
     with pytest.raises(ValueError):
-        pgd(model, x, y, EPS, 2 / 255, 1, select="best")
+        pgd(model, x, y, epsilon=EPS, alpha=2 / 255, steps=1, select="best")
     with pytest.raises(ValueError):
-        pgd(model, x, y, EPS, 2 / 255, 1, restarts=2, select="last")
+        pgd(model, x, y, epsilon=EPS, alpha=2 / 255, steps=1, restarts=2, select="last")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -300,11 +302,11 @@ def test_fgsm_takes_its_gradient_at_the_input_even_outside_the_box():
     x = torch.rand(4, 3, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     x[:, 0, 0, 0] = 1.02  # an injected pixel above the box
     y = torch.tensor([0, 1, 2, 3])
-    attack = single_step(model, x, y, EPS, EPS)
+    attack = single_step(model, x, y, epsilon=EPS, alpha=EPS)
     with torch.no_grad():
         assert torch.equal(attack.logits_at_init, model(x))
     assert torch.allclose(attack.grad_at_init, analytic_ce_gradient(model, x, y))
-    clipped = single_step(model, x, y, EPS, EPS, start_in_box=True)  # the option: gradient at clip(x)
+    clipped = single_step(model, x, y, epsilon=EPS, alpha=EPS, start_in_box=True)  # the gradient at clip(x)
     with torch.no_grad():
         assert torch.equal(clipped.logits_at_init, model(x.clamp(0, 1)))
     assert (x + attack.delta).min() >= 0 and (x + attack.delta).max() <= 1  # the step is still boxed
@@ -314,8 +316,9 @@ def test_single_step_without_the_box_leaves_x_plus_delta_unclipped():
     model = linear_model()
     x = torch.full((2, 3, 8, 8), 0.999, dtype=torch.float64)
     y = torch.tensor([0, 1])
-    boxed = single_step(model, x, y, EPS, EPS, noise=EPS, generator=torch.Generator().manual_seed(0))
-    free = single_step(model, x, y, EPS, EPS, noise=EPS, generator=torch.Generator().manual_seed(0), box=False)
+    boxed = single_step(model, x, y, epsilon=EPS, alpha=EPS, noise=EPS, generator=torch.Generator().manual_seed(0))
+    free = single_step(model, x, y, epsilon=EPS, alpha=EPS, noise=EPS, generator=torch.Generator().manual_seed(0),
+                       box=False)
     assert (x + boxed.delta).max() <= 1.0
     assert (x + free.delta).max() > 1.0
     assert free.delta.abs().max() <= EPS + 1e-12  # still projected to the eps-ball

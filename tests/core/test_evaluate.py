@@ -20,9 +20,11 @@ def trained(tmp_path_factory):
 @pytest.mark.parametrize("restarts", [1, 3])
 def test_any_restart_pgd_is_never_weaker_than_max_loss_pgd(trained, restarts):
     images, labels = trained.data.test.images, trained.data.test.labels
-    arguments = (trained.model, images, labels, trained.transform, 4 / 255, 1 / 255, 10, restarts)
-    ours = robust_accuracy(*arguments, generator=torch.Generator().manual_seed(0))
-    reference = robust_accuracy_max_loss(*arguments, generator=torch.Generator().manual_seed(0))
+    attack = {"epsilon": 4 / 255, "alpha": 1 / 255, "steps": 10, "restarts": restarts}
+    ours = robust_accuracy(trained.model, images, labels, trained.transform, **attack,
+                           generator=torch.Generator().manual_seed(0))
+    reference = robust_accuracy_max_loss(trained.model, images, labels, trained.transform, **attack,
+                                         generator=torch.Generator().manual_seed(0))
     clean = clean_accuracy(trained.model, images, labels, trained.transform)
     assert ours <= reference <= clean
     assert reference - ours < 0.15  # same attack budget: the conventions differ only at the margin
@@ -32,7 +34,8 @@ def test_any_restart_pgd_is_never_weaker_than_max_loss_pgd(trained, restarts):
 def test_robust_accuracy_at_zero_epsilon_is_clean_accuracy(trained):
     images, labels = trained.data.test.images, trained.data.test.labels
     clean = clean_accuracy(trained.model, images, labels, trained.transform)
-    assert robust_accuracy(trained.model, images, labels, trained.transform, 0.0, 0.0, 5, 2) == clean
+    assert robust_accuracy(trained.model, images, labels, trained.transform, epsilon=0.0, alpha=0.0, steps=5,
+                           restarts=2) == clean
 
 
 def test_clean_accuracy_is_a_per_sample_mean_over_uneven_batches(trained):

@@ -10,7 +10,7 @@ from PIL import Image
 
 from core.data import Dataset, Split, balanced_order, load_dataset, stratified_subset
 from core.monitor import CURVATURE_IMAGES, Monitor
-from core.trainer import _Run, Callbacks, input_transform, train
+from core.trainer import Callbacks, _Run, input_transform, train
 from tests.conftest import tiny_spec
 
 pytestmark = pytest.mark.usefixtures("single_thread")

@@ -50,7 +50,7 @@ def test_the_he_block_projects_the_preactivation():
 
 
 def test_arch_names_pick_the_block():
-    args = (4, 10, 3, (16, 16), (0.5,) * 3, (0.25,) * 3)
-    paper, he = build_model("preact_resnet18", *args), build_model("preact_resnet18_he", *args)
+    args = {"in_channels": 3, "image_size": (16, 16), "mean": (0.5,) * 3, "std": (0.25,) * 3}
+    paper, he = build_model("preact_resnet18", 4, 10, **args), build_model("preact_resnet18_he", 4, 10, **args)
     assert paper[-1].layers[2].project_from == "input" and he[-1].layers[2].project_from == "preact"
     assert paper.state_dict().keys() == he.state_dict().keys()  # same parameters, another wiring

@@ -12,8 +12,6 @@ from torch import nn
 
 from core.interventions import carrier_basis, carriers
 from core.probes import (
-    accuracy_under,
-    attack_accuracies,
     carrier_share,
     gradient_alignment,
     hessian_vector_product,
@@ -64,26 +62,6 @@ def _double(model: nn.Module) -> nn.Module:
 
 def dominant(eigenvalues: torch.Tensor) -> float:
     return eigenvalues[eigenvalues.abs().argmax()].item()
-
-
-def test_accuracy_under_and_attack_accuracies() -> None:
-    model = linear_model()
-    x, y = batch(8)
-    logits = model(x).detach()
-    assert accuracy_under(model, x, y) == pytest.approx((logits.argmax(1) == y).float().mean().item())
-    assert accuracy_under(model, x, logits.argmax(1)) == 1.0
-    delta = torch.full_like(x, 0.01)
-    expected = (model(x + delta).argmax(1) == y).float().mean().item()
-    assert accuracy_under(model, x, y, delta) == pytest.approx(expected)
-    row = attack_accuracies(model, x, y, epsilon=0.0, generator=torch.Generator().manual_seed(0))
-    clean = accuracy_under(model, x, y)
-    assert row["clean_accuracy"] == row["fgsm_accuracy"] == row["pgd_accuracy"] == clean
-    g = torch.Generator().manual_seed(0)
-    row = attack_accuracies(model, x, y, epsilon=8 / 255, pgd_steps=3, generator=g)
-    assert all(0.0 <= row[k] <= 1.0 for k in ("clean_accuracy", "fgsm_accuracy", "pgd_accuracy"))
-    assert row["fgsm_pgd_gap"] == pytest.approx(row["fgsm_accuracy"] - row["pgd_accuracy"])
-    with pytest.raises(ValueError):
-        accuracy_under(model, x[:0], y[:0])
 
 
 def test_gradient_alignment_of_a_linear_model_at_tiny_eps_is_one() -> None:
@@ -207,7 +185,6 @@ def test_probes_leave_parameter_grads_and_mode_alone() -> None:
         input_gradient_norm(model, x, y)
         top_hessian_eigenvalues(model, x, y, iterations=2, subspace="complement", basis=basis, generator=g)
     linearity_error(model, x, y, 0.03, generator=g)
-    attack_accuracies(model, x, y, 0.03, pgd_steps=2, generator=g)
     carrier_share(torch.randn_like(x), basis)
     assert all(p.grad is None for p in model.parameters())
     assert not model.training
