@@ -10,21 +10,23 @@ from fastapi import Depends, HTTPException, Path, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
-from api import crud
-from api.db import session_scope
-from api.models import ApiKey, Job
-from api.settings import Settings, get_settings
+from store import crud
+from store.db import session_scope
+from store.models import ApiKey, Job
+from store.settings import Settings, get_settings
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 bearer = HTTPBearer(auto_error=False)
 
 
 def get_session(settings: SettingsDep) -> Iterator[Session]:
+    """The request's unit of work: it commits when the route function returns, before the response is sent
+    (scope ``function``; the default scope would commit after the client already has its answer)."""
     with session_scope(settings.database) as session:
         yield session
 
 
-SessionDep = Annotated[Session, Depends(get_session)]
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 
 def get_current_key(session: SessionDep,

@@ -1,70 +1,19 @@
 """Resource limits (OWASP API4): a compute budget per job, a submission rate per team, a request-body cap.
 
-The per-team cap on active jobs lives in ``crud.create_job`` (it needs the store). Units of the budget:
-**image-passes**, one forward and backward pass of one image through a width-64 PreActResNet18. An
-attack step costs one pass, so an FGSM training step costs 2 per image and PGD-k k + 1.
+The per-team cap on active jobs lives in ``store.crud.create_job`` (it needs the store); the cost a budget is
+compared with, in image-passes, is ``core.cost.estimate_cost``.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import threading
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from core.cost import estimate_cost
 from core.spec import JobSpec
-
-# (train, test) images of the datasets the trainer knows; imagefolder's size is unknown before decoding
-DATASET_SIZES = {"cifar10": (50_000, 10_000), "cifar100": (50_000, 10_000), "svhn": (73_257, 26_032),
-                 "mnist": (60_000, 10_000), "fashion_mnist": (60_000, 10_000),
-                 "imagefolder": (50_000, 10_000)}
-MONITOR_PASSES = 6  # per monitor image and check besides its PGD: clean, FGSM (2), grad alignment (2), ELLE
-AUTOATTACK_PASSES = 4_000  # per attacked image that survives all of standard AutoAttack: APGD-CE 100, APGD-T
-# 9 x 100, FAB-T 9 x 100 (a forward and a Jacobian each), Square 5000 forwards (a third of a pass); broken
-# images stop early (measured: about 2,500 per robust image at width 16)
-
-
-def attack_passes(spec: JobSpec) -> int:
-    """Forward+backward passes per training image and step."""
-    training = spec.training
-    return {"standard": 1, "fgsm": 2, "rs_fgsm": 2, "n_fgsm": 2, "grad_align": 4,
-            "pgd": training.pgd_steps + 1}[training.method]
-
-
-def model_factor(spec: JobSpec) -> float:
-    """Cost of one pass relative to the width-64 PreActResNet18 (convolution cost grows with width^2)."""
-    scale = (spec.model.width / 64) ** 2
-    return scale if spec.model.arch == "preact_resnet18" else 0.05 * scale
-
-
-def estimate_cost(spec: JobSpec) -> float:
-    """Estimated image-passes of a job: training, CO-monitor checks and the final PGD (and AutoAttack)
-    evaluation."""
-    data, training, evaluation, monitor = spec.dataset, spec.training, spec.evaluation, spec.monitor
-    if data.name == "synthetic":
-        train_size, test_size = data.synthetic_train_size, data.synthetic_test_size
-    else:
-        train_size, test_size = DATASET_SIZES[data.name]
-    train = min(data.train_subset, train_size) if data.train_subset else train_size
-    test = min(data.test_subset, test_size) if data.test_subset else test_size
-    attacked = min(evaluation.test_subset or test, test)
-    steps = training.epochs * math.ceil(train / training.batch_size)
-    if training.max_steps is not None:
-        steps = min(steps, training.max_steps)
-    cost = min(training.epochs * train, steps * training.batch_size) * attack_passes(spec)
-    if monitor.enabled:
-        checks = steps / monitor.every_steps + training.epochs
-        images = monitor.train_images + monitor.test_images
-        cost += checks * images * (monitor.pgd_steps + MONITOR_PASSES)
-        if monitor.curvature_every_epochs:
-            curvature_checks = training.epochs // monitor.curvature_every_epochs
-            cost += curvature_checks * images * monitor.curvature_iterations * 2
-    cost += test + attacked * evaluation.restarts * (evaluation.pgd_steps + 1)
-    if evaluation.autoattack == "standard":
-        cost += attacked * AUTOATTACK_PASSES
-    return cost * model_factor(spec)
 
 
 def budget_problems(spec: JobSpec, budget: float) -> list[dict[str, Any]]:

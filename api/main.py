@@ -10,11 +10,11 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from api.db import get_engine
 from api.limits import BodySizeLimit, RateLimiter
 from api.queue import Publisher, Reconciler
 from api.routes import admin, health, jobs
-from api.settings import Settings, get_settings
+from store.db import get_engine
+from store.settings import Settings, get_settings
 
 log = logging.getLogger("coscope.api")
 

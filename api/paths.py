@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
-from api.settings import Settings
 from core.spec import JobSpec
+from store.settings import Settings
 
 DRIVE = re.compile(r"^[A-Za-z]:")
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 import threading
 
-from api import crud, webhooks
-from api.db import session_scope
-from api.settings import Settings
+from store import crud, webhooks
+from store.broker import TASK_NAME, make_celery
+from store.db import session_scope
+from store.settings import Settings
 
 log = logging.getLogger("coscope.api")
 
@@ -16,13 +17,9 @@ class Publisher:
     """Sends ``coscope.run_job(job_id)`` to a queue; failures leave the job queued for the reconciler."""
 
     def __init__(self, settings: Settings) -> None:
-        from worker.celery_app import make_celery
-
         self.app = make_celery(settings)
 
     def publish(self, job_id: str, queue: str) -> bool:
-        from worker.celery_app import TASK_NAME
-
         try:
             self.app.send_task(TASK_NAME, args=[job_id], queue=queue, retry=True,
                                retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5})

@@ -17,8 +17,8 @@ class JobCreate(BaseModel):
     name: str | None = Field(None, min_length=1, max_length=200)
     tags: list[str] = Field(default_factory=list, max_length=20)
     priority: int = Field(0, ge=0, le=9)
-    queue: Literal["cpu", "gpu"] | None = None  # None: gpu when the spec is paper-sized, else cpu
-    callback_url: str | None = Field(None, min_length=1, max_length=2000)  # webhook; see api/webhooks.py
+    queue: Literal["cpu", "gpu"] | None = None  # None: core.cost.default_queue (by estimated cost)
+    callback_url: str | None = Field(None, min_length=1, max_length=2000)  # webhook; see store/webhooks.py
 
 
 class JobError(BaseModel):

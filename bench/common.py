@@ -16,7 +16,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLE = ROOT / "docs" / "benchmarks.md"
-sys.path.insert(0, str(ROOT))
 
 
 def cpu_model() -> str:
@@ -37,8 +36,23 @@ def machine() -> str:
             f"({torch.get_num_threads()} threads), {device}")
 
 
+def repo_path(path: str | os.PathLike[str]) -> str:
+    """``path`` as the benchmarks table names it: relative to the repository root when it lies in the
+    repository or next to it (the shared data: ``../shared/data``), so records read the same on every
+    checkout; any other path as given."""
+    full = os.path.abspath(path)
+    return os.path.relpath(full, ROOT) if Path(full).is_relative_to(ROOT.parent) else str(path)
+
+
 def command() -> str:
-    return "python " + " ".join([os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]])
+    """The command line of this run, its script and path arguments (``--option=PATH`` too) relative to the
+    repository root: ``python bench/memory.py --data-root ../shared/data``."""
+    def argument(text: str) -> str:
+        option, equals, value = text.partition("=") if text.startswith("--") else ("", "", text)
+        is_path = os.path.isabs(value) or ("/" in value and os.path.exists(value))
+        return option + equals + repo_path(value) if value and is_path else text
+
+    return "python " + " ".join([repo_path(sys.argv[0]), *map(argument, sys.argv[1:])])
 
 
 def timed(function: Callable[[], object], repeats: int) -> tuple[list[float], object]:

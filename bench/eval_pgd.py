@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 
-from common import record, spread, timed
+from common import record, repo_path, spread, timed
 
 
 def synthetic_models(width: int) -> dict[str, object]:
@@ -24,7 +24,7 @@ def synthetic_models(width: int) -> dict[str, object]:
 
     import torch
 
-    from core.models import build_model
+    from core.models import build_model_for
     from core.spec import JobSpec
     from core.trainer import load_trained, train
 
@@ -39,25 +39,25 @@ def synthetic_models(width: int) -> dict[str, object]:
         train(spec, out)
         trained = load_trained(out)
     torch.manual_seed(1)
-    untrained = build_model("preact_resnet18", width, trained.data.num_classes, 3, (32, 32), trained.data.mean,
-                            trained.data.std).eval()
+    untrained = build_model_for(trained.spec, trained.data).eval()
     return {"standard-trained": trained, "untrained": dataclasses.replace(trained, model=untrained)}
 
 
 def compare(run: object, images: int, steps: int, restarts: int, repeats: int, epsilon: float) -> list:
     import torch
 
+    from core.data import balanced_order
     from core.evaluate import clean_accuracy, robust_accuracy, robust_accuracy_max_loss
 
-    x, y = run.data.test.images[:images], run.data.test.labels[:images]
-    alpha = 2 / 255
+    chosen = balanced_order(run.data.test.labels, 0)[:images]  # class-stratified: splits may be sorted by class
+    x, y = run.data.test.images[chosen], run.data.test.labels[chosen]
+    attack = {"epsilon": epsilon, "alpha": 2 / 255, "steps": steps, "restarts": restarts}
 
     def ours() -> float:
-        return robust_accuracy(run.model, x, y, run.transform, epsilon, alpha, steps, restarts,
-                               generator=torch.Generator().manual_seed(0))
+        return robust_accuracy(run.model, x, y, run.transform, **attack, generator=torch.Generator().manual_seed(0))
 
     def reference() -> float:
-        return robust_accuracy_max_loss(run.model, x, y, run.transform, epsilon, alpha, steps, restarts,
+        return robust_accuracy_max_loss(run.model, x, y, run.transform, **attack,
                                         generator=torch.Generator().manual_seed(0))
 
     ours_seconds, ours_accuracy = timed(ours, repeats)
@@ -90,7 +90,7 @@ def main() -> None:
     title = f"Final PGD-{args.steps}-{args.restarts} evaluation"
     if args.run_dir:
         run = load_trained(args.run_dir, args.weights, data_root=args.data_root)
-        record(f"{title}, {args.run_dir} ({args.weights})",
+        record(f"{title}, {repo_path(args.run_dir)} ({args.weights})",
                compare(run, args.images or 500, args.steps, args.restarts, args.repeats,
                        run.spec.training.epsilon / 255))
         return

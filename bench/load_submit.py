@@ -3,15 +3,15 @@
     python bench/load_submit.py [--jobs 500] [--clients 20] [--teams 3]
                                 [--backend embedded|redis-postgres] [--drain-timeout 600] [--no-record]
 
-It starts its own service as real processes on 127.0.0.1 with the service tests' harness
-(``tests.service.conftest.Stack``, so the test extras must be installed): ``coscope serve`` with its embedded
-worker (SQLite store, SQLite broker), or the API and one ``coscope worker`` on Redis DB 13 and a fresh
-PostgreSQL database, dropped after. The per-team limits are raised so the load is not answered with 429s,
-and the lease and reconciler periods are the production defaults. Each client is a thread with its own
-connection, bound to one team (20 clients of 3 teams: 7/7/6), submitting its share of dry-run jobs back to
-back, each with an Idempotency-Key; a transport error, 409, 429 or 5xx is retried with the same key (so a
-retry cannot create a second job) and counted. Then it waits, bounded, until the worker has finished them,
-and accounts for every job: listed exactly once by its own team, succeeded, invisible to the other teams.
+It starts its own service as real processes on 127.0.0.1 with the harness the service tests use
+(``coscope.harness.Stack``): ``coscope serve`` with its embedded worker (SQLite store, SQLite broker), or the
+API and one ``coscope worker`` on Redis DB 13 and a fresh PostgreSQL database, dropped after. The per-team
+limits are raised so the load is not answered with 429s, and the lease and reconciler periods are the
+production defaults. Each client is a thread with its own connection, bound to one team (20 clients of 3
+teams: 7/7/6), submitting its share of dry-run jobs back to back, each with an Idempotency-Key; a transport
+error, 409, 429 or 5xx is retried with the same key (so a retry cannot create a second job) and counted. Then
+it waits, bounded, until the worker has finished them, and accounts for every job: listed exactly once by its
+own team, succeeded, invisible to the other teams.
 """
 
 from __future__ import annotations
@@ -25,12 +25,11 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import httpx
 
-if TYPE_CHECKING:
-    from tests.service.conftest import Stack
+from coscope.harness import Stack
+from store.settings import Settings
 
 DRY_RUN_SPEC = {"dry_run": True, "dataset": {"name": "synthetic", "synthetic_train_size": 256,
                                              "synthetic_test_size": 64, "synthetic_image_size": 16},
@@ -82,8 +81,6 @@ def settings_env(requeue_after: float | None = None) -> dict[str, str]:
     """Raised team limits, and the production lease and reconciler periods (the harness's are for fault
     tests), with ``requeue_after`` for ``COSCOPE_REQUEUE_QUEUED_AFTER_SECONDS`` if given: the reconciler
     re-sends every job queued for longer than that, so a backlog that takes longer to drain is sent twice."""
-    from api.settings import Settings
-
     periods = ("lease_seconds", "reconcile_seconds", "requeue_queued_after_seconds")
     env = {f"COSCOPE_{name.upper()}": str(Settings.model_fields[name].default) for name in periods}
     if requeue_after is not None:
@@ -93,8 +90,6 @@ def settings_env(requeue_after: float | None = None) -> dict[str, str]:
 
 def start_stack(backend: str, home: Path, requeue_after: float | None = None) -> Stack:
     """The service under test, started and ready; the caller closes it."""
-    from tests.service.conftest import Stack
-
     home.mkdir(parents=True, exist_ok=True)
     mode = "embedded" if backend == "embedded" else "distributed"
     stack = Stack(mode, home, env=settings_env(requeue_after), redis_db=BENCH_REDIS_DB)

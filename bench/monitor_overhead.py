@@ -12,7 +12,7 @@ import argparse
 import tempfile
 import time
 
-from common import ROOT, record
+from common import ROOT, record, repo_path
 
 
 def main() -> None:
@@ -40,7 +40,7 @@ def main() -> None:
     on, wall_on = results[True]
     off, wall_off = results[False]
     m = on["spec"]["monitor"]
-    record(f"CO monitor overhead, {args.spec} for {args.epochs} epochs", [
+    record(f"CO monitor overhead, {repo_path(args.spec)} for {args.epochs} epochs", [
         ("monitor settings", f"{m['train_images']} images, every {m['every_steps']} steps + epoch ends, "
                              f"PGD-{m['pgd_steps']}, {on['co']['monitor']['checks']} checks"),
         ("training seconds (monitor on / off)", f"{on['timing']['train_seconds']:.1f} / {off['timing']['train_seconds']:.1f}"),

@@ -6,8 +6,8 @@ submit latency and memory.
 
 Everything runs as real processes on 127.0.0.1 in the embedded default mode (SQLite job store, SQLite
 broker through kombu's SQLAlchemy transport), each service in its own temporary COSCOPE_HOME, started with
-the service tests' harness (``tests.service.conftest.Stack``, so the test extras must be installed), with the
-team limits raised and the production lease and reconciler periods (``load_submit.settings_env``).
+the harness the service tests use (``coscope.harness.Stack``), with the team limits raised and the
+production lease and reconciler periods (``load_submit.settings_env``).
 
 1. Overhead: the same synthetic job (PreActResNet18 of width 8, FGSM, the CO monitor on with its sets scaled
    to the job, a small final PGD) run by ``coscope train SPEC --out DIR --quiet`` (wall time from spawn to
@@ -38,14 +38,13 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
 from common import ROOT, record, spread
 from load_submit import DRY_RUN_SPEC, percentile, settings_env
 
-if TYPE_CHECKING:
-    from tests.service.conftest import Stack
+from coscope.harness import Stack, child_pids
 
 POLL_SECONDS = 0.2  # job status polling in the service arm
 HEALTH_POLL_SECONDS = 0.01  # /healthz polling during a cold start
@@ -71,8 +70,6 @@ WARM_UP_SPEC = job_spec(train_size=64, epochs=1, test_size=32)
 
 # ---- Processes -----------------------------------------------------------------------------------------
 def embedded_stack(home: Path) -> Stack:
-    from tests.service.conftest import Stack
-
     home.mkdir(parents=True, exist_ok=True)
     return Stack("embedded", home, env=settings_env())
 
@@ -86,7 +83,7 @@ def api_client(stack: Stack) -> httpx.Client:
 def cold_start(stack: Stack) -> float:
     """Spawn ``coscope serve --no-worker``; seconds until /healthz first answers 200."""
     started = time.perf_counter()  # the harness's start_api() polls too coarsely to time a start
-    process = stack._spawn("serve", "--port", str(stack.port), "--no-worker", log="api.log")
+    process = stack.spawn("serve", "--port", str(stack.port), "--no-worker", log="api.log")
     while process.poll() is None:
         try:
             if httpx.get(f"{stack.url}/healthz", timeout=5).status_code == 200:
@@ -169,8 +166,6 @@ def run_service(http: httpx.Client, spec: dict[str, Any], arm: Arm, timeout: flo
 
 def measure_overhead(train_size: int, epochs: int, repeats: int, workdir: Path) -> tuple[Arm, Arm, str]:
     """Direct and service arms, alternating, ``repeats`` each; and the embedded worker parent's memory."""
-    from tests.service.conftest import child_pids
-
     spec = job_spec(train_size, epochs)
     spec_file = workdir / "spec.json"
     spec_file.write_text(json.dumps(spec))

@@ -26,7 +26,12 @@ def main(argv: list[str] | None = None) -> int:
     validate = commands.add_parser("validate", help="check a job spec and print it with defaults resolved")
     validate.add_argument("spec")
 
-    from coscope.client_cli import CLIENT_COMMANDS, add_client_commands, add_connection_options, run_client_command
+    from coscope.client_cli import (
+        CLIENT_COMMANDS,
+        add_client_commands,
+        add_connection_options,
+        run_client_command,
+    )
     from coscope.service_cli import add_service_commands, run_service_command
 
     add_service_commands(commands)
@@ -92,8 +97,8 @@ def _dry_run(spec: Any, args: argparse.Namespace) -> int:
     """A spec with ``dry_run: true``: what the service's worker does with it, here (no training)."""
     from pathlib import Path
 
-    from coscope.client_cli import dry_run_summary
     from core.errors import JobError
+    from coscope.client_cli import dry_run_summary
     from worker.dry_run import write_dry_run
 
     try:

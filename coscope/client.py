@@ -23,11 +23,13 @@ from urllib.parse import quote
 
 import httpx
 
+from store.status import FINISHED_STATES
+
 JSON = dict[str, Any]
 Rows = list[JSON]  # module-level alias: inside the class, ``list`` is the method
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
-TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
+TERMINAL_STATUSES = frozenset(FINISHED_STATES)
 RETRYABLE_STATUS_CODES = frozenset({502, 503, 504})  # a proxy or a restarting server, while following events
 
 

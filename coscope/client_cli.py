@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from core.co import VERDICTS  # pure, no torch
+from store.status import JOB_STATES
 from coscope.client import (
     TERMINAL_STATUSES,
     ClientError,
@@ -32,7 +33,7 @@ from coscope.client import (
 )
 
 CLIENT_COMMANDS = frozenset({"submit", "status", "watch", "cancel", "download", "jobs"})
-STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+STATUSES = JOB_STATES
 
 # The test seam: tests swap in a factory whose clients use httpx.MockTransport.
 _make_client: Callable[[str, str], CoscopeClient] = CoscopeClient

@@ -32,12 +32,12 @@ def add_service_commands(commands: Any) -> None:
 
 
 def run_service_command(args: argparse.Namespace) -> int:
-    from api.settings import get_settings
+    from store.settings import get_settings
 
     settings = get_settings()
     if args.command == "keys":
-        from api import crud
-        from api.db import session_scope
+        from store import crud
+        from store.db import session_scope
 
         with session_scope(settings.database) as session:
             _, key = crud.create_key(session, args.name, args.team, args.role)
@@ -59,9 +59,9 @@ def _first_key(settings: Any) -> str | None:
     """On a store with no keys, create an admin key and write it to HOME/api-key (mode 600)."""
     from sqlalchemy import func, select
 
-    from api import crud
-    from api.db import session_scope
-    from api.models import ApiKey
+    from store import crud
+    from store.db import session_scope
+    from store.models import ApiKey
 
     with session_scope(settings.database) as session:
         if session.scalar(select(func.count()).select_from(ApiKey)):

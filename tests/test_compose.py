@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from api.settings import Settings
+from store.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -189,3 +189,16 @@ def test_docker_compose_config_accepts_the_file() -> None:
     result = subprocess.run([docker, "compose", "-f", str(COMPOSE_FILE), "config", "--quiet"],
                             capture_output=True, text=True, timeout=20, env=env, cwd=ROOT)
     assert result.returncode == 0, result.stderr
+
+
+def test_dockerfiles_copy_every_installed_package(compose: dict[str, Any]) -> None:
+    """``pip install .`` in the build stage installs only what was copied: a package missing from a COPY
+    (``store/`` once it was split out of ``api/``) would be missing from the image."""
+    import tomllib
+
+    include = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    packages = {pattern.rstrip("*") for pattern in include["include"]}
+    for path in dockerfiles(compose).values():
+        copied = {source.rstrip("/") for instruction, arguments in instructions(path)
+                  if instruction == "COPY" and "--from" not in arguments for source in arguments.split()[:-1]}
+        assert packages <= copied, f"{path.name}: no COPY of {sorted(packages - copied)}"

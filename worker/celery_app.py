@@ -1,7 +1,8 @@
-"""The Celery application: a transport for job ids only; the job store is the source of truth.
+"""The worker's Celery application: ``store.broker``'s configuration, this package's tasks and the per-job
+time limits.
 
-Importing this module imports no torch (the API imports it to publish by task name), and the worker
-parent process never initialises CUDA: the trainer is imported inside the task, in a fresh child per job.
+Importing this module imports no torch, and the worker parent process never initialises CUDA: the trainer
+is imported inside the task, in a fresh child per job.
 """
 
 from __future__ import annotations
@@ -11,14 +12,11 @@ import signal
 import threading
 import time
 
-from celery import Celery
 from celery.signals import worker_process_init
 
-from api.settings import Settings, get_settings
+from store.broker import make_celery
+from store.settings import get_settings
 
-TASK_NAME = "coscope.run_job"
-QUEUES = ("gpu", "cpu")
-VISIBILITY_TIMEOUT_SECONDS = 48 * 3600  # > any job; lost messages are recovered by the reconciler instead
 TIME_LIMIT_ENV = "COSCOPE_JOB_TIME_LIMIT_SECONDS"  # worker-side; unset: no limit
 HARD_LIMIT_GRACE_SECONDS = 60  # after the soft limit, time to checkpoint and write the outcome
 
@@ -38,30 +36,9 @@ def time_limits() -> tuple[float | None, float | None]:
     return soft, soft + HARD_LIMIT_GRACE_SECONDS
 
 
-def make_celery(settings: Settings) -> Celery:
-    app = Celery("coscope", broker=settings.broker, include=["worker.tasks"])
-    soft_limit, hard_limit = time_limits()
-    app.conf.update(
-        task_serializer="json", accept_content=["json"], result_serializer="json",
-        task_ignore_result=True,  # results live in the job store
-        task_acks_late=True, task_reject_on_worker_lost=True,  # redelivery is capped by our attempt counter
-        worker_prefetch_multiplier=1, worker_concurrency=1,
-        worker_max_tasks_per_child=1,  # a fresh child per job: GPU memory returns when it exits
-        worker_cancel_long_running_tasks_on_connection_loss=True,
-        task_default_queue="cpu",
-        # Redis redelivers unacked messages after the visibility timeout; the SQLAlchemy transport (embedded)
-        # passes its options to create_engine and takes none of these
-        broker_transport_options=({"visibility_timeout": VISIBILITY_TIMEOUT_SECONDS}
-                                  if settings.broker.startswith(("redis", "rediss")) else {}),
-        broker_connection_retry_on_startup=True,
-        worker_hijack_root_logger=False,
-        worker_send_task_events=True, task_send_sent_event=True,
-        task_soft_time_limit=soft_limit, task_time_limit=hard_limit,
-    )
-    return app
-
-
-app = make_celery(get_settings())
+app = make_celery(get_settings(), include=["worker.tasks"])
+_soft_limit, _hard_limit = time_limits()
+app.conf.update(task_soft_time_limit=_soft_limit, task_time_limit=_hard_limit)
 
 
 _PARENT_PID = os.getpid()  # in a pool child (forked from the worker), the Celery parent's pid

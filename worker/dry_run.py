@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from api.limits import estimate_cost
+from core.cost import estimate_cost
 from core.spec import JobSpec
 
 

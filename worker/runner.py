@@ -1,6 +1,6 @@
 """Run one job: claim it with a compare-and-set, hold its lease with a heartbeat, train, write once.
 
-Every write carries the attempt number (``api.crud`` fences them), so a worker that lost its lease
+Every write carries the attempt number (``store.crud`` fences them), so a worker that lost its lease
 (paused, partitioned, or overtaken by the reconciler) cannot overwrite a newer attempt: its next write
 raises ``StaleAttempt``, the cancel check then stops the trainer, and it leaves quietly.
 """
@@ -16,11 +16,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from api import crud, webhooks
-from api.db import session_scope
-from api.models import Job
-from api.settings import Settings
 from core.spec import JobSpec
+from store import crud, webhooks
+from store.db import session_scope
+from store.models import Job
+from store.settings import Settings
 
 log = logging.getLogger("coscope.worker")
 FLUSH_SECONDS = 1.0  # progress events are batched; epoch, monitor and CO events flush at once

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 
-from api.settings import get_settings
-from worker.celery_app import TASK_NAME, app
+from store.broker import TASK_NAME
+from store.settings import get_settings
+from worker.celery_app import app
 
 
 @app.task(name=TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True)

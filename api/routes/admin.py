@@ -7,13 +7,14 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, BackgroundTasks, Depends, HTTPException, Path, Query, status
 
-from api import crud, webhooks
 from api.deps import SessionDep, SettingsDep, require_admin
-from api.models import ApiKey, Job
 from api.routes.jobs import cancel, to_public
 from api.schemas import (AdminJobPublic, AdminJobsPublic, JobPublic, KeyCreate, KeyCreated, KeyPublic,
                          KeysPublic, PurgePublic)
-from api.settings import Settings
+from store import crud, webhooks
+from store.models import ApiKey, Job
+from store.status import JobStatus
+from store.settings import Settings
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[Depends(require_admin)])
 JobId = Annotated[str, Path(max_length=64)]
@@ -32,7 +33,7 @@ def to_key_public(key: ApiKey) -> KeyPublic:
 @router.get("/jobs", response_model=AdminJobsPublic)
 def read_all_jobs(session: SessionDep, settings: SettingsDep,
                   team: Annotated[str | None, Query(max_length=100)] = None,
-                  status_: Annotated[Literal["queued", "running", "succeeded", "failed", "cancelled"] | None,
+                  status_: Annotated[JobStatus | None,
                                      Query(alias="status")] = None,
                   limit: Annotated[int, Query(ge=1, le=200)] = 50,
                   offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0) -> Any:
@@ -56,7 +57,6 @@ def purge_queues(session: SessionDep, settings: SettingsDep, background: Backgro
                  queue: Annotated[Literal["cpu", "gpu"] | None, Query()] = None) -> Any:
     """Cancel every queued job (of one queue, or all); running jobs are left alone."""
     ids = crud.purge_queued(session, queue)
-    session.commit()
     for job_id in ids:
         background.add_task(webhooks.notify, settings, job_id, "job.cancelled")
     return PurgePublic(cancelled=len(ids))

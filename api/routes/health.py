@@ -10,11 +10,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import GaugeMetricFamily
 from sqlalchemy import select, text
 
-from api.db import session_scope
 from api.deps import SettingsDep, get_publisher
-from api.models import JOB_STATES, Job
 from api.queue import Publisher
-from api.settings import Settings
+from store.db import session_scope
+from store.models import Job
+from store.settings import Settings
+from store.status import JOB_STATES
 
 router = APIRouter(tags=["health"])
 

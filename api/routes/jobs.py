@@ -18,19 +18,21 @@ from fastapi.responses import FileResponse, StreamingResponse
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from api import crud, limits, paths, webhooks
-from api.db import session_scope
+from api import limits, paths
 from api.deps import (CurrentKey, OwnedJob, SessionDep, SettingsDep, get_current_key, get_publisher,
                       limit_submissions)
-from api.models import FINISHED_STATES, Job
 from api.queue import Publisher, publish_and_mark
 from api.schemas import Artifact, ArtifactsPublic, JobCreate, JobPublic, JobsPublic, MetricsPublic
-from api.settings import Settings
+from core.cost import default_queue
+from store import crud, webhooks
+from store.db import session_scope
+from store.models import Job
+from store.status import FINISHED_STATES, JobStatus
+from store.settings import Settings
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(get_current_key)])
 ARTIFACTS = ("report.json", "metrics.jsonl", "summary.md", "curves.png", "checkpoint.pt", "best.pt")
 SSE_POLL_SECONDS = 0.5
-PaperSized = 20_000  # training images x epochs above which a spec goes to the gpu queue by default
 QUOTA_RETRY_SECONDS = 60  # Retry-After when the team's active-job quota is full
 
 
@@ -44,19 +46,10 @@ def to_public(job: Job, settings: Settings) -> JobPublic:
                      finished_at=job.finished_at, spec=job.spec)
 
 
-def _default_queue(body: JobCreate) -> str:
-    spec = body.spec
-    if spec.dry_run:  # no training: no GPU needed
-        return "cpu"
-    images = spec.dataset.train_subset or (spec.dataset.synthetic_train_size if spec.dataset.name == "synthetic"
-                                           else 50_000)
-    return "gpu" if images * spec.training.epochs > PaperSized * 10 else "cpu"
-
-
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=JobPublic,
              dependencies=[Depends(limit_submissions)])
 def create_job(body: JobCreate, key: CurrentKey, session: SessionDep, settings: SettingsDep, response: Response,
-               publisher: Annotated[Publisher, Depends(get_publisher)],
+               publisher: Annotated[Publisher, Depends(get_publisher)], background: BackgroundTasks,
                idempotency_key: Annotated[str | None, Header(max_length=200)] = None) -> Any:
     """Submit a job; with an Idempotency-Key, the same key and body return the same job."""
     problems = [*paths.spec_path_problems(body.spec),
@@ -69,10 +62,9 @@ def create_job(body: JobCreate, key: CurrentKey, session: SessionDep, settings: 
     try:
         job, created = crud.create_job(
             session, key, spec, name=body.name, tags=body.tags, priority=body.priority,
-            queue=body.queue or _default_queue(body), idempotency_key=idempotency_key,
+            queue=body.queue or default_queue(body.spec), idempotency_key=idempotency_key,
             request_hash=hashlib.sha256(canonical.encode()).hexdigest(), callback_url=body.callback_url,
             max_active=settings.team_max_active_jobs)
-        session.commit()
     except crud.IdempotencyMismatch:
         raise HTTPException(422, [{"loc": ["header", "Idempotency-Key"], "type": "idempotency_mismatch",
                                    "msg": "this Idempotency-Key was used with a different request body"}])
@@ -81,11 +73,9 @@ def create_job(body: JobCreate, key: CurrentKey, session: SessionDep, settings: 
         raise HTTPException(429, f"The team already has {limit} queued or running jobs",
                             headers={"Retry-After": str(QUOTA_RETRY_SECONDS)})
     except IntegrityError:  # a concurrent request with the same key won the insert
-        session.rollback()
         raise HTTPException(409, "A request with this Idempotency-Key is being processed")
-    if created:
-        publish_and_mark(settings, publisher, job.id, job.queue)
-        session.refresh(job)
+    if created:  # after the commit: a worker that gets the message finds the row
+        background.add_task(publish_and_mark, settings, publisher, job.id, job.queue)
     else:
         response.status_code = status.HTTP_200_OK
     return to_public(job, settings)
@@ -93,7 +83,7 @@ def create_job(body: JobCreate, key: CurrentKey, session: SessionDep, settings: 
 
 @router.get("", response_model=JobsPublic)
 def read_jobs(key: CurrentKey, session: SessionDep, settings: SettingsDep,
-              status_: Annotated[Literal["queued", "running", "succeeded", "failed", "cancelled"] | None,
+              status_: Annotated[JobStatus | None,
                                  Query(alias="status")] = None,
               tag: Annotated[str | None, Query(max_length=100)] = None,
               limit: Annotated[int, Query(ge=1, le=200)] = 50, offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
@@ -117,13 +107,12 @@ def cancel_job(job: OwnedJob, session: SessionDep, settings: SettingsDep, backgr
 
 def cancel(job: Job, session: Session, settings: Settings, background: BackgroundTasks) -> JobPublic:
     """Shared by the owner's and the admin's cancel: a queued job finishes here, so its webhook goes from
-    here (after the commit); a running one's goes from its worker."""
+    here (a background task: after the commit); a running one's goes from its worker."""
     try:
         public = to_public(crud.request_cancel(session, job), settings)
     except crud.NotCancellable:
         raise HTTPException(409, f"Job already {job.status}")
     if job.status == "cancelled":
-        session.commit()
         background.add_task(webhooks.notify, settings, job.id, "job.cancelled")
     return public
 

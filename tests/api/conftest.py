@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
-from api import webhooks
 from api.main import create_app
-from api.settings import Settings
+from store import webhooks
+from store.settings import Settings
 from tests.api.utils import fake_resolve
 
 

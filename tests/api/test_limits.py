@@ -1,4 +1,5 @@
-"""Unit tests of the limits: the cost estimate, the per-team token bucket, the body-size middleware."""
+"""Unit tests of the limits: the budget, the per-team token bucket, the body-size middleware (the cost
+estimate itself: tests/core/test_cost.py)."""
 
 from __future__ import annotations
 
@@ -7,62 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from api.limits import (
-    AUTOATTACK_PASSES,
-    BodySizeLimit,
-    RateLimiter,
-    attack_passes,
-    budget_problems,
-    estimate_cost,
-    model_factor,
-)
-from api.settings import Settings
+from api.limits import BodySizeLimit, RateLimiter, budget_problems
+from core.cost import estimate_cost
 from core.spec import JobSpec, load_spec_file
+from store.settings import Settings
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").rglob("*.yaml"))
-
-
-def test_the_papers_fgsm_run_costs_about_nine_million_image_passes():
-    spec = JobSpec()  # defaults are the paper's: CIFAR-10, width 64, FGSM, 30 epochs, PGD-50-10
-    train = 30 * 50_000 * 2
-    evaluation = 10_000 + 10_000 * 10 * 51
-    assert train + evaluation < estimate_cost(spec) < 1.2 * (train + evaluation)  # plus the CO monitor
-
-
-@pytest.mark.parametrize(("method", "passes"), [("standard", 1), ("fgsm", 2), ("rs_fgsm", 2), ("n_fgsm", 2),
-                                                ("grad_align", 4), ("pgd", 8)])
-def test_attack_passes_per_method(method, passes):
-    spec = JobSpec.model_validate({"training": {"method": method, "pgd_steps": 7}})
-    assert attack_passes(spec) == passes
-
-
-def test_model_factor_scales_with_width_squared():
-    assert model_factor(JobSpec()) == 1.0
-    assert model_factor(JobSpec.model_validate({"model": {"width": 16}})) == 1 / 16
-    assert model_factor(JobSpec.model_validate({"model": {"arch": "small_cnn"}})) == 0.05
-
-
-def test_subsets_and_dataset_sizes_drive_the_cost():
-    full = estimate_cost(JobSpec.model_validate({"dataset": {"name": "svhn"}, "monitor": {"enabled": False}}))
-    subset = estimate_cost(JobSpec.model_validate({"dataset": {"name": "svhn", "train_subset": 7_325_700},
-                                                   "monitor": {"enabled": False}}))
-    assert full == subset  # a subset larger than the dataset costs the dataset
-    small = JobSpec.model_validate({"dataset": {"name": "synthetic", "synthetic_train_size": 100,
-                                                "synthetic_test_size": 10},
-                                    "training": {"epochs": 2, "method": "standard"},
-                                    "evaluation": {"restarts": 1, "pgd_steps": 1},
-                                    "monitor": {"enabled": False}})
-    assert estimate_cost(small) == 2 * 100 * 1 + 10 + 10 * 1 * 2
-
-
-def test_max_steps_caps_the_training_cost():
-    sections = {"dataset": {"name": "synthetic", "synthetic_train_size": 1000, "synthetic_test_size": 10},
-                "evaluation": {"restarts": 1, "pgd_steps": 1}, "monitor": {"enabled": False}}
-    capped = JobSpec.model_validate({**sections, "training": {"epochs": 3, "batch_size": 100, "max_steps": 2}})
-    loose = JobSpec.model_validate({**sections, "training": {"epochs": 3, "batch_size": 100, "max_steps": 99}})
-    evaluation = 10 + 10 * 1 * 2
-    assert estimate_cost(capped) == 2 * 100 * 2 + evaluation  # 2 steps of 100 images, 2 passes each
-    assert estimate_cost(loose) == 3 * 1000 * 2 + evaluation  # the cap is above the 30 planned steps
 
 
 def test_a_monitor_checking_every_step_costs_more():
@@ -169,12 +120,3 @@ def test_non_http_scopes_pass_through():
 
     asyncio.run(BodySizeLimit(app, max_bytes=1)({"type": "lifespan"}, None, None))
     assert seen == ["lifespan"]
-
-
-def test_autoattack_adds_its_worst_case_per_attacked_image():
-    sections = {"dataset": {"name": "synthetic", "synthetic_train_size": 100, "synthetic_test_size": 10},
-                "training": {"epochs": 1, "method": "standard"}, "monitor": {"enabled": False}}
-    off = estimate_cost(JobSpec.model_validate({**sections, "evaluation": {"test_subset": 4}}))
-    on = estimate_cost(JobSpec.model_validate({**sections,
-                                               "evaluation": {"test_subset": 4, "autoattack": "standard"}}))
-    assert on - off == 4 * AUTOATTACK_PASSES * model_factor(JobSpec.model_validate(sections))

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from api.paths import dataset_path_problem, redact, safe_join
-from api.settings import Settings
+from store.settings import Settings
 
 
 @pytest.fixture

@@ -8,11 +8,11 @@ import datetime as dt
 import pytest
 import redis
 
-from api import crud
-from api.db import session_scope
-from api.models import Job
 from api.queue import Publisher, Reconciler, publish_and_mark
-from api.settings import Settings
+from store import crud
+from store.db import session_scope
+from store.models import Job
+from store.settings import Settings
 from tests.api.utils import set_status
 
 REDIS_DB = 14  # this module's database number on the shared Redis, flushed before and after

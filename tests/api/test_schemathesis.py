@@ -14,7 +14,7 @@ from hypothesis import settings as hypothesis_settings
 from schemathesis.checks import not_a_server_error
 
 from api.main import create_app
-from api.settings import Settings
+from store.settings import Settings
 from tests.api.utils import key_headers
 
 EXAMPLES_PER_OPERATION = 25

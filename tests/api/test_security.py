@@ -22,12 +22,12 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy import func, select
 from starlette.routing import Route
 
-from api import crud
-from api.db import session_scope
 from api.main import create_app
-from api.models import Job
 from api.schemas import JobCreate, JobPublic
-from api.settings import Settings
+from store import crud
+from store.db import session_scope
+from store.models import Job
+from store.settings import Settings
 from tests.api.utils import PUBLIC_HOOK, SPEC, job_row, key_headers
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -453,7 +453,7 @@ def test_the_queue_accepts_json_only(settings):
     from kombu.exceptions import ContentDisallowed
     from kombu.serialization import loads, prepare_accept_content
 
-    from worker.celery_app import make_celery
+    from store.broker import make_celery
 
     conf = make_celery(settings).conf
     assert (conf.accept_content, conf.task_serializer, conf.result_serializer) == (["json"], "json", "json")
@@ -493,10 +493,10 @@ def test_production_reads_secrets_from_the_environment(tmp_path, monkeypatch):
 
 
 def test_development_allows_the_placeholder_with_a_warning(tmp_path, caplog):
-    from api.settings import _warn_once
+    from store.settings import _warn_once
 
     _warn_once.cache_clear()
-    with caplog.at_level("WARNING", logger="coscope.api"):
+    with caplog.at_level("WARNING", logger="coscope.store"):
         settings = Settings(home=tmp_path, env="development", webhook_secret="changethis")
     assert settings.webhook_secret == "changethis"
     assert "placeholder" in caplog.text
@@ -544,7 +544,7 @@ def test_a_duplicate_insert_in_flight_is_refused_by_the_store(settings):
     from sqlalchemy.exc import IntegrityError
     from sqlalchemy.orm import Session
 
-    from api.db import get_engine
+    from store.db import get_engine
 
     with session_scope(settings.database) as session:
         owner, _ = crud.create_key(session, "k")

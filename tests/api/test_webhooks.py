@@ -15,12 +15,12 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from api import crud, webhooks
-from api.db import session_scope
 from api.main import create_app
-from api.models import Job, JobEvent
 from api.queue import Publisher, Reconciler
-from api.settings import Settings
+from store import crud, webhooks
+from store.db import session_scope
+from store.models import Job, JobEvent
+from store.settings import Settings
 from tests.api.utils import PUBLIC_HOOK, SPEC, key_headers, set_status
 
 SECRET = "test-secret-0123456789"

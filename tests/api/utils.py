@@ -5,10 +5,10 @@ from __future__ import annotations
 import socket
 from typing import Any
 
-from api import crud
-from api.db import session_scope
-from api.models import Job
-from api.settings import Settings
+from store import crud
+from store.db import session_scope
+from store.models import Job
+from store.settings import Settings
 
 SPEC: dict[str, Any] = {"dataset": {"name": "synthetic"}, "training": {"epochs": 1}}
 PUBLIC_HOOK = "https://hooks.example.com/coscope"

@@ -4,7 +4,7 @@ the spec (which the API will import) never pulls in torch."""
 import subprocess
 import sys
 
-SERVICE_PACKAGES = ("fastapi", "celery", "redis", "sqlalchemy", "api", "worker")
+SERVICE_PACKAGES = ("fastapi", "celery", "redis", "sqlalchemy", "store", "api", "worker")
 
 
 def _run(code: str) -> subprocess.CompletedProcess:

@@ -1,33 +1,17 @@
-"""Real processes for service tests: the API (uvicorn via ``coscope serve``), Celery workers (``coscope
-worker``), and either the embedded default (SQLite + SQLAlchemy transport) or Redis + PostgreSQL on
-127.0.0.1. Each stack gets its own home folder, PostgreSQL database and Redis DB number, removed after."""
+"""Fixtures of the service tests: a stack of real processes (``coscope.harness``), a small job spec and a thin
+HTTP helper."""
 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-REDIS_DB = 11  # tests own this Redis database number and flush it
-POSTGRES_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
-FAST_LEASES = {"COSCOPE_LEASE_SECONDS": "3", "COSCOPE_RECONCILE_SECONDS": "1",
-               "COSCOPE_REQUEUE_QUEUED_AFTER_SECONDS": "20"}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from coscope.harness import Stack
 
 
 def job_spec(epochs: int = 2, train_size: int = 128) -> dict:
@@ -39,180 +23,6 @@ def job_spec(epochs: int = 2, train_size: int = 128) -> dict:
             "training": {"epochs": epochs, "batch_size": 32, "log_every": 1},
             "evaluation": {"pgd_steps": 2, "restarts": 1, "test_subset": 32},
             "monitor": {"train_images": 64}}
-
-
-class Stack:
-    def __init__(self, mode: str, home: Path, env: dict[str, str] | None = None,
-                 redis_db: int | None = REDIS_DB) -> None:
-        """``env`` adds or overrides settings for every process of this stack. Distributed stacks use Redis
-        DB ``redis_db`` on the shared server (flushed before and after), or, with ``redis_db=None``, the
-        broker that ``env`` names (e.g. a private redis-server)."""
-        self.mode, self.home = mode, home
-        self.env = {**os.environ, "COSCOPE_HOME": str(home), **FAST_LEASES, "PYTHONUNBUFFERED": "1"}
-        self.database: str | None = None
-        self.redis_db = redis_db if mode == "distributed" else None
-        if mode == "distributed":
-            self.database = f"coscope_test_{uuid.uuid4().hex[:10]}"
-            _postgres(f"CREATE DATABASE {self.database}")
-            self.env["COSCOPE_DATABASE_URL"] = f"postgresql://postgres@127.0.0.1:5432/{self.database}"
-            if self.redis_db is not None:
-                self.env["COSCOPE_BROKER_URL"] = f"redis://127.0.0.1:6379/{self.redis_db}"
-                _flush_redis(self.redis_db)
-        self.env.update(env or {})
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.processes: list[subprocess.Popen] = []
-        self.workers: list[subprocess.Popen] = []
-        self.in_process = False  # whether the test process opened the store itself (settings())
-
-    def coscope(self, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "coscope.cli", *args], env=self.env, capture_output=True,
-                              text=True, timeout=120)
-
-    def _spawn(self, *args: str, log: str, env: dict[str, str] | None = None) -> subprocess.Popen:
-        handle = open(self.home / log, "ab")
-        process = subprocess.Popen([sys.executable, "-m", "coscope.cli", *args],
-                                   env={**self.env, **(env or {})}, stdout=handle, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
-        self.processes.append(process)
-        return process
-
-    def start_api(self, worker: bool | None = False, *, port: int | None = None,
-                  env: dict[str, str] | None = None, log: str = "api.log") -> subprocess.Popen:
-        """``coscope serve``; ``worker`` None passes no flag (the default: a worker when embedded). ``port``,
-        ``env`` and ``log`` start a further API process on the same store (own reconciler and settings)."""
-        flags = [] if worker is None else ["--worker" if worker else "--no-worker"]
-        port = port or self.port
-        process = self._spawn("serve", "--port", str(port), *flags, log=log, env=env)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                    return process
-            except httpx.TransportError:
-                time.sleep(0.3)
-            if process.poll() is not None:
-                break
-        raise RuntimeError("API did not start:\n" + self.log(log))
-
-    def start_worker(self, queues: str | None = None, env: dict[str, str] | None = None,
-                     ready: bool = False) -> subprocess.Popen:
-        """``coscope worker`` (log ``worker<N>.log``); ``queues`` and ``env`` override the defaults; ``ready``
-        waits until Celery logs that it consumes."""
-        index = len(self.workers)
-        args = ["worker", "--name", f"w{index}", *(["--queues", queues] if queues else [])]
-        worker = self._spawn(*args, log=f"worker{index}.log", env=env)
-        self.workers.append(worker)
-        if ready:
-            self.wait_for_log(f"worker{index}.log", " ready.", timeout=90)
-        return worker
-
-    def worker_log(self, worker: subprocess.Popen) -> str:
-        return f"worker{self.workers.index(worker)}.log"
-
-    def stop(self, process: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 120) -> int:
-        """Signal only the process itself, as ``docker stop`` signals a container's PID 1 (Celery's warm
-        shutdown then lets the pool child finish its task); return its exit status."""
-        try:
-            process.send_signal(sig)
-        except ProcessLookupError:
-            pass
-        return process.wait(timeout=timeout)
-
-    @property
-    def database_url(self) -> str:
-        return self.env.get("COSCOPE_DATABASE_URL") or f"sqlite:///{self.home / 'coscope.db'}"
-
-    def settings(self, **overrides: object):  # type: ignore[no-untyped-def]
-        """The stack's settings for in-process use of ``api.crud`` or ``worker.runner`` from the test."""
-        from api.settings import Settings
-
-        self.in_process = True
-        values = {name[len("COSCOPE_"):].lower(): value for name, value in self.env.items()
-                  if name.startswith("COSCOPE_") and name[len("COSCOPE_"):].lower() in Settings.model_fields}
-        return Settings(**{**values, **overrides})
-
-    def wait_for_log(self, name: str, text: str, timeout: float = 60, since: int = 0) -> str:
-        """Wait until ``text`` appears in log ``name`` after byte offset ``since``; return that part."""
-        deadline = time.monotonic() + timeout
-        while True:
-            part = self.log_since(name, since)
-            if text in part:
-                return part
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{text!r} not in {name} after {timeout}s:\n{part[-3000:]}")
-            time.sleep(0.2)
-
-    def log_size(self, name: str) -> int:
-        path = self.home / name
-        return path.stat().st_size if path.exists() else 0
-
-    def log_since(self, name: str, offset: int = 0) -> str:
-        path = self.home / name
-        if not path.exists():
-            return ""
-        with open(path, "rb") as handle:
-            handle.seek(offset)
-            return handle.read().decode(errors="replace")
-
-    def kill(self, process: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
-        """Signal the whole process group (Celery parent and its pool child)."""
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            pass
-        process.wait(timeout=30)
-
-    def admin_key(self) -> str:
-        result = self.coscope("keys", "create", "--name", "admin", "--role", "admin")
-        assert result.returncode == 0, result.stderr
-        return result.stdout.strip()
-
-    def log(self, name: str) -> str:
-        path = self.home / name
-        return path.read_text(errors="replace")[-5000:] if path.exists() else ""
-
-    def close(self) -> None:
-        for process in reversed(self.processes):
-            if process.poll() is None:
-                self.kill(process, signal.SIGTERM if process not in self.workers else signal.SIGKILL)
-        if self.in_process:  # close the test process's own connections to the store before dropping it
-            from api.db import get_engine
-
-            get_engine(self.database_url).dispose()
-        if self.database is not None:
-            _postgres(f"DROP DATABASE IF EXISTS {self.database} WITH (FORCE)")
-        if self.redis_db is not None:
-            _flush_redis(self.redis_db)
-
-
-def child_pids(pid: int) -> list[int]:
-    """Direct children of ``pid`` (a Celery parent's pool processes), from /proc."""
-    children = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) "
-        if int(fields[1]) == pid:
-            children.append(int(entry.name))
-    return sorted(children)
-
-
-def _postgres(statement: str) -> None:
-    import psycopg
-
-    with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as connection:
-        connection.execute(statement)
-
-
-def _flush_redis(db: int = REDIS_DB) -> None:
-    import redis
-
-    redis.Redis(host="127.0.0.1", port=6379, db=db).flushdb()
 
 
 class Api:

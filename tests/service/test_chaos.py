@@ -56,7 +56,7 @@ Not applicable, or narrower than the table:
 - R3: the table's reason ``worker_lost`` is ``attempts_exhausted`` here (our code for "started too often").
   The poison job is a worker-side fault hook (``worker.runner._test_faults``: the worker's environment
   names a job seed; ignored in production), as is R10's divergence.
-- R5: the Redis ``visibility_timeout`` is 48 h (``worker.celery_app``), longer than any job, so a broker
+- R5: the Redis ``visibility_timeout`` is 48 h (``store.broker``), longer than any job, so a broker
   redelivery *during* a run does not happen by timeout; what R5 guards (a second delivery while the lease
   is live must not train) is produced directly by publishing the same job id twice.
 - R7: the shared Redis on 6379 is never restarted (other processes use it); the test restarts a private
@@ -96,7 +96,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.service.conftest import Api, Stack, child_pids, free_port, job_spec
+from coscope.harness import Stack, child_pids, free_port
+from tests.service.conftest import Api, job_spec
 
 pytestmark = pytest.mark.chaos
 
@@ -182,8 +183,8 @@ def settle(stack: Stack, scenario: str, job_id: str, complete: bool = True) -> d
 
 
 def job_row(stack: Stack, job_id: str) -> dict[str, Any]:
-    from api.db import session_scope
-    from api.models import Job
+    from store.db import session_scope
+    from store.models import Job
 
     with session_scope(stack.settings().database) as session:
         job = session.get(Job, job_id)
@@ -197,8 +198,8 @@ def metric_rows(stack: Stack, job_id: str) -> list[dict[str, Any]]:
     """Every metric row with its attempt, ordered by (kind, step)."""
     from sqlalchemy import select
 
-    from api.db import session_scope
-    from api.models import MetricRow
+    from store.db import session_scope
+    from store.models import MetricRow
 
     with session_scope(stack.settings().database) as session:
         rows = session.scalars(select(MetricRow).where(MetricRow.job_id == job_id)
@@ -209,8 +210,8 @@ def metric_rows(stack: Stack, job_id: str) -> list[dict[str, Any]]:
 def job_events(stack: Stack, job_id: str) -> list[dict[str, Any]]:
     from sqlalchemy import select
 
-    from api.db import session_scope
-    from api.models import JobEvent
+    from store.db import session_scope
+    from store.models import JobEvent
 
     with session_scope(stack.settings().database) as session:
         query = select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id)
@@ -226,9 +227,9 @@ def claims(stack: Stack, job_id: str) -> int:
 
 def create_job_in_store(stack: Stack, spec: dict) -> str:
     """A queued job written straight to the store, marked as sent so that no reconciler publishes it."""
-    from api import crud
-    from api.db import session_scope
     from core.spec import JobSpec
+    from store import crud
+    from store.db import session_scope
 
     resolved = JobSpec.model_validate(spec).resolved().model_dump(mode="json")
     with session_scope(stack.settings().database) as session:
@@ -294,8 +295,8 @@ def task_outcomes(log: str) -> list[str]:
 
 
 def test_r2_sigkill_of_the_pool_child_is_logged_replaced_and_the_job_resumes_as_attempt_2(chaos):
-    from api import crud
-    from api.db import session_scope
+    from store import crud
+    from store.db import session_scope
 
     stack, api, parent = chaos.stack, chaos.api, chaos.worker
     log = stack.worker_log(parent)
@@ -676,8 +677,8 @@ def test_r12_cancel_a_running_job_stops_it_quickly_and_releases_the_lease(chaos)
 
 
 def test_r13_stale_attempt_writes_are_refused_and_change_nothing(chaos):
-    from api import crud
-    from api.db import session_scope
+    from store import crud
+    from store.db import session_scope
 
     stack = chaos.stack
     url = stack.settings().database

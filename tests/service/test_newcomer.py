@@ -8,7 +8,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.service.conftest import Stack
+from coscope.harness import Stack
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -8,13 +8,13 @@ import sys
 
 import pytest
 
-from api import crud
-from api.db import session_scope
-from api.limits import estimate_cost
-from api.models import Job
-from api.settings import Settings
+from core.cost import estimate_cost
 from core.errors import DatasetNotFound
 from core.spec import JobSpec
+from store import crud
+from store.db import session_scope
+from store.models import Job
+from store.settings import Settings
 from worker.dry_run import dry_run_report
 from worker.runner import run
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from api import crud
-from api.db import session_scope
-from api.models import Job
+from store import crud
+from store.db import session_scope
+from store.models import Job
 
 SPEC = {"dataset": {"name": "synthetic"}, "training": {"epochs": 1}}
 

@@ -9,8 +9,7 @@ from typing import Any
 from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
-FINISHED_STATES = ("succeeded", "failed", "cancelled")
+from store.status import FINISHED_STATES, JOB_STATES  # noqa: F401 (re-exported for the store's users)
 
 
 def utcnow() -> dt.datetime:

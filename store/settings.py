@@ -1,4 +1,4 @@
-"""Service settings, read once per process from ``COSCOPE_*`` environment variables.
+"""Settings of the API and the worker, read once per process from ``COSCOPE_*`` environment variables.
 
 Embedded default (no servers): SQLite job store and kombu's SQLAlchemy transport over SQLite, both under
 ``COSCOPE_HOME`` (default ``~/.coscope``). Distributed mode: ``COSCOPE_DATABASE_URL=postgresql://...`` and
@@ -16,7 +16,7 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PLACEHOLDER_SECRETS = {"", "changethis", "change-me", "secret"}
-log = logging.getLogger("coscope.api")
+log = logging.getLogger("coscope.store")
 
 
 class Settings(BaseSettings):
@@ -35,8 +35,9 @@ class Settings(BaseSettings):
     heartbeat_seconds: float | None = None  # default: lease / 3
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
-    # Limits per team (api/limits.py). The budget is in image-passes: one forward+backward pass of one image
-    # through a width-64 PreActResNet18; the paper's 30-epoch FGSM run on 50k images costs about 9e6.
+    # Limits per team, enforced by the API. The budget is in image-passes (core/cost.py): one forward+backward
+    # pass of one image through a width-64 PreActResNet18; the paper's 30-epoch FGSM run on 50k images costs
+    # about 9e6.
     team_budget: float = Field(1e9, gt=0)  # the most one job may cost
     team_max_active_jobs: int = Field(20, ge=1, le=100_000)  # queued + running jobs per team
     team_submits_per_minute: int = Field(120, ge=1, le=100_000)  # POST /v1/jobs per team (per API process)

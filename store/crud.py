@@ -4,6 +4,8 @@ Worker writes are fenced by the attempt number: each one is a conditional UPDATE
 (``WHERE id = ? AND attempt = ? AND status = 'running'``) in the same transaction as its inserts, so a
 worker whose lease was taken over (a newer attempt claimed the job) gets ``StaleAttempt`` and stops,
 and nothing it sends lands.
+
+None of these functions commits: the caller's ``session_scope`` block is the unit of work (see ``store``).
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from sqlalchemy import func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from api.models import FINISHED_STATES, ApiKey, Job, JobEvent, MetricRow, utcnow
+from store.models import ApiKey, Job, JobEvent, MetricRow, utcnow
+from store.status import ACTIVE_STATES, FINISHED_STATES
 
 KEY_PREFIX = "cs_"
 
@@ -102,7 +105,7 @@ def create_job(session: Session, owner: ApiKey, spec: dict[str, Any], *, name: s
 def active_jobs(session: Session, team: str) -> int:
     """Queued and running jobs of the team."""
     return session.scalar(select(func.count()).select_from(Job)
-                          .where(Job.team == team, Job.status.in_(("queued", "running")))) or 0
+                          .where(Job.team == team, Job.status.in_(ACTIVE_STATES))) or 0
 
 
 def mark_enqueued(session: Session, job_id: str) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.models import Base
+from store.models import Base
 
 
 def normalise_url(url: str) -> str:
@@ -63,7 +63,8 @@ def _add_new_columns(engine: Engine) -> None:
 
 @contextmanager
 def session_scope(url: str) -> Iterator[Session]:
-    """A session that commits on success and rolls back on error."""
+    """One unit of work: a session that commits when the block exits and rolls back when it raises. The
+    only place that commits (see ``store``)."""
     session = sessionmaker(get_engine(url), expire_on_commit=False)()
     try:
         yield session

@@ -32,10 +32,10 @@ from typing import Any
 
 import httpx
 
-from api import crud
-from api.db import session_scope
-from api.models import Job
-from api.settings import Settings
+from store import crud
+from store.db import session_scope
+from store.models import Job
+from store.settings import Settings
 
 log = logging.getLogger("coscope.webhooks")
 SIGNATURE_HEADER = "X-Coscope-Signature"

@@ -1,0 +1,38 @@
+"""The Celery configuration both sides use: the API publishes job ids by task name, the worker consumes them.
+
+A transport for job ids only; the job store is the source of truth. Importing this module imports no torch
+and no task module: the worker names its tasks module in ``include`` (``worker.celery_app``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from celery import Celery
+
+from store.settings import Settings
+
+TASK_NAME = "coscope.run_job"
+QUEUES = ("gpu", "cpu")
+VISIBILITY_TIMEOUT_SECONDS = 48 * 3600  # > any job; lost messages are recovered by the reconciler instead
+
+
+def make_celery(settings: Settings, include: Sequence[str] = ()) -> Celery:
+    app = Celery("coscope", broker=settings.broker, include=list(include))
+    app.conf.update(
+        task_serializer="json", accept_content=["json"], result_serializer="json",
+        task_ignore_result=True,  # results live in the job store
+        task_acks_late=True, task_reject_on_worker_lost=True,  # redelivery is capped by our attempt counter
+        worker_prefetch_multiplier=1, worker_concurrency=1,
+        worker_max_tasks_per_child=1,  # a fresh child per job: GPU memory returns when it exits
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+        task_default_queue="cpu",
+        # Redis redelivers unacked messages after the visibility timeout; the SQLAlchemy transport (embedded)
+        # passes its options to create_engine and takes none of these
+        broker_transport_options=({"visibility_timeout": VISIBILITY_TIMEOUT_SECONDS}
+                                  if settings.broker.startswith(("redis", "rediss")) else {}),
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=True, task_send_sent_event=True,
+    )
+    return app

@@ -1,0 +1,10 @@
+"""A job's status: one type for the store, the API's filters and the client (no SQLAlchemy import here)."""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+JOB_STATES: tuple[str, ...] = get_args(JobStatus)
+FINISHED_STATES: tuple[str, ...] = ("succeeded", "failed", "cancelled")  # no transition leaves these
+ACTIVE_STATES: tuple[str, ...] = ("queued", "running")  # count against a team's active-job quota
