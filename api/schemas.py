@@ -26,7 +26,10 @@ class JobError(BaseModel):
     message: str | None
 
 
-class JobPublic(BaseModel):
+class JobSummary(BaseModel):
+    """A job as lists show it: everything of ``JobPublic`` but the spec (lists never read the spec or the
+    report; ``GET /v1/jobs/{id}`` has the spec)."""
+
     id: str
     name: str | None
     tags: list[str]
@@ -40,20 +43,23 @@ class JobPublic(BaseModel):
     created_at: dt.datetime
     started_at: dt.datetime | None
     finished_at: dt.datetime | None
+
+
+class JobPublic(JobSummary):
     spec: dict[str, Any]
 
 
 class JobsPublic(BaseModel):
-    data: list[JobPublic]
-    count: int
+    data: list[JobSummary]
+    count: int  # every job that matches the filters, not only this page's
 
 
-class AdminJobPublic(JobPublic):
+class AdminJobSummary(JobSummary):
     team: str
 
 
 class AdminJobsPublic(BaseModel):
-    data: list[AdminJobPublic]
+    data: list[AdminJobSummary]
     count: int
 
 

@@ -16,9 +16,9 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import ColumnElement, cast, exists, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, load_only
 
 from store.models import ApiKey, Job, JobEvent, MetricRow, utcnow
 from store.status import ACTIVE_STATES, FINISHED_STATES
@@ -120,17 +120,40 @@ def get_team_job(session: Session, job_id: str, team: str | None) -> Job | None:
     return job
 
 
+JOB_ORDER = (Job.created_at.desc(), Job.id)  # newest first; the list indexes of store.models hold this order
+LIST_COLUMNS = (Job.id, Job.team, Job.name, Job.tags, Job.priority, Job.queue, Job.status, Job.attempt,
+                Job.progress, Job.co, Job.error_code, Job.error_message, Job.created_at, Job.started_at,
+                Job.finished_at)  # what a list entry shows: never the spec or the report
+
+
 def list_jobs(session: Session, team: str | None, status: str | None, tag: str | None, limit: int,
               offset: int) -> tuple[list[Job], int]:
-    query = select(Job)
+    """One page of jobs, newest first, and how many match, both in SQL. The page's ids are picked from an
+    index alone (``store.models``: team, status, created_at and id are in the key), then only those rows are
+    read, and only ``LIST_COLUMNS`` of them: the other columns are not loaded, and reading one raises instead
+    of querying the row again. The count is skipped when the page itself shows it (a short page)."""
+    conditions = []
     if team is not None:
-        query = query.where(Job.team == team)
+        conditions.append(Job.team == team)
     if status is not None:
-        query = query.where(Job.status == status)
-    jobs = list(session.scalars(query.order_by(Job.created_at.desc(), Job.id)))
-    if tag is not None:  # JSON containment differs across databases; tags lists are short
-        jobs = [job for job in jobs if tag in (job.tags or [])]
-    return jobs[offset:offset + limit], len(jobs)
+        conditions.append(Job.status == status)
+    if tag is not None:
+        conditions.append(_has_tag(session, tag))
+    page = select(Job.id).where(*conditions).order_by(*JOB_ORDER).limit(limit).offset(offset)
+    jobs = list(session.scalars(select(Job).options(load_only(*LIST_COLUMNS, raiseload=True))
+                                .where(Job.id.in_(page.scalar_subquery())).order_by(*JOB_ORDER)))
+    if len(jobs) < limit and (jobs or offset == 0):
+        return jobs, offset + len(jobs)
+    return jobs, session.scalar(select(func.count()).select_from(Job).where(*conditions)) or 0
+
+
+def _has_tag(session: Session, tag: str) -> ColumnElement[bool]:
+    """Whether the job's tags (a JSON list of strings) hold ``tag``: JSON containment on PostgreSQL, a
+    ``json_each`` lookup on SQLite."""
+    if session.get_bind().dialect.name == "postgresql":
+        return cast(Job.tags, postgresql.JSONB).contains([tag])
+    values = func.json_each(Job.tags).table_valued("value")
+    return exists(select(1).select_from(values).where(values.c.value == tag))
 
 
 def request_cancel(session: Session, job: Job) -> Job:
@@ -177,6 +200,33 @@ def job_metrics(session: Session, job_id: str, kind: str | None = None) -> list[
 
 def count_by_status(session: Session) -> dict[str, int]:
     return dict(session.execute(select(Job.status, func.count()).group_by(Job.status)).all())  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class JobStats:
+    """What Prometheus scrapes (``api.routes.health``), aggregated in SQL: no job row leaves the database."""
+
+    by_status_and_queue: dict[tuple[str, str], int]
+    succeeded_seconds: float  # total run time (started to finished) of succeeded jobs
+    succeeded_timed: int
+    mean_train_images_per_second: float | None  # over the jobs whose report times training (not dry runs)
+
+
+def job_stats(session: Session) -> JobStats:
+    """One pass over the table, grouped by status and queue."""
+    if session.get_bind().dialect.name == "postgresql":
+        seconds = func.extract("epoch", Job.finished_at - Job.started_at)
+    else:
+        seconds = (func.julianday(Job.finished_at) - func.julianday(Job.started_at)) * 86400.0
+    rate = Job.train_images_per_second
+    groups = session.execute(select(Job.status, Job.queue, func.count(), func.sum(seconds),
+                                    func.count(seconds), func.sum(rate), func.count(rate))
+                             .group_by(Job.status, Job.queue)).all()
+    succeeded = [group for group in groups if group[0] == "succeeded"]
+    rates = sum(group[6] for group in groups)
+    return JobStats({(status, queue): count for status, queue, count, *_ in groups},
+                    sum(float(group[3] or 0.0) for group in succeeded), sum(group[4] for group in succeeded),
+                    sum(float(group[5] or 0.0) for group in groups) / rates if rates else None)
 
 
 # ---- Jobs (worker side) -----------------------------------------------------------------------------
@@ -259,9 +309,17 @@ def finish(session: Session, job_id: str, attempt: int, status: str, *, report: 
                               "error_code": error_code, "error_message": error_message}
     if report is not None:
         values["report"] = report
+        values["train_images_per_second"] = train_images_per_second(report)
     _fence(session, job_id, attempt, **values)
     add_event(session, job_id, attempt, "status", {"status": status, "error_code": error_code,
                                                    "error_message": error_message})
+
+
+def train_images_per_second(report: dict[str, Any]) -> float | None:
+    """The training throughput a report states (``timing``), None when it times no training (a dry run)."""
+    timing = report.get("timing")
+    rate = timing.get("train_images_per_second") if isinstance(timing, dict) else None
+    return float(rate) if isinstance(rate, int | float) else None
 
 
 def _finish(session: Session, job: Job, status: str, code: str | None, message: str | None) -> None:
@@ -279,7 +337,8 @@ def jobs_to_requeue(session: Session, max_attempts: int, finished: list[str] | N
     a new message, with queued jobs whose message was never sent (broker down at submit). The ids of jobs
     this pass finished (cancelled or failed) are appended to ``finished``."""
     now = utcnow()
-    expired = session.scalars(select(Job).where(Job.status == "running", Job.lease_expires_at < now)).all()
+    expired = session.execute(select(Job.id, Job.attempt, Job.cancel_requested)
+                              .where(Job.status == "running", Job.lease_expires_at < now)).all()
     requeue: list[str] = []
     for job in expired:
         if job.cancel_requested:

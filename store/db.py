@@ -7,10 +7,10 @@ from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event, inspect, text
+from sqlalchemy import Engine, create_engine, event, inspect, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from store.models import Base
+from store.models import Base, Job
 
 
 def normalise_url(url: str) -> str:
@@ -40,13 +40,16 @@ def get_engine(url: str) -> Engine:
     else:
         engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
     Base.metadata.create_all(engine)
-    _add_new_columns(engine)
+    if ("jobs", "train_images_per_second") in _add_new_columns(engine):
+        _fill_train_images_per_second(engine)
+    _add_new_indexes(engine)
     return engine
 
 
-def _add_new_columns(engine: Engine) -> None:
-    """Stores created by an older version lack later nullable columns (``jobs.callback_url``); add them.
-    ``create_all`` creates missing tables only."""
+def _add_new_columns(engine: Engine) -> set[tuple[str, str]]:
+    """Stores created by an older version lack later nullable columns (``jobs.callback_url``); add them and
+    return the (table, column) pairs this call added. ``create_all`` creates missing tables only."""
+    added = set()
     inspector = inspect(engine)
     for table in Base.metadata.sorted_tables:
         present = {column["name"] for column in inspector.get_columns(table.name)}
@@ -56,9 +59,34 @@ def _add_new_columns(engine: Engine) -> None:
                 try:
                     with engine.begin() as connection:
                         connection.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}"))
+                    added.add((table.name, column.name))
                 except Exception:  # another process starting at the same time added it first
                     if column.name not in {c["name"] for c in inspect(engine).get_columns(table.name)}:
                         raise
+    return added
+
+
+def _fill_train_images_per_second(engine: Engine) -> None:
+    """``jobs.train_images_per_second`` was just added: copy it from the reports written before (once)."""
+    rate = Job.report[("timing", "train_images_per_second")].as_float()
+    with engine.begin() as connection:
+        connection.execute(update(Job).where(Job.report.is_not(None)).values(train_images_per_second=rate))
+
+
+def _add_new_indexes(engine: Engine) -> None:
+    """Stores created by an older version lack later indexes (``store.models``: the list and reconciler
+    indexes); create them. ``create_all`` creates the indexes of the tables it creates only."""
+    inspector = inspect(engine)
+    for table in Base.metadata.sorted_tables:
+        present = {index["name"] for index in inspector.get_indexes(table.name)}
+        for index in table.indexes:
+            if index.name in present:
+                continue
+            try:
+                index.create(engine, checkfirst=True)
+            except Exception:  # another process starting at the same time created it first
+                if index.name not in {i["name"] for i in inspect(engine).get_indexes(table.name)}:
+                    raise
 
 
 @contextmanager

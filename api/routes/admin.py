@@ -8,8 +8,8 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, BackgroundTasks, Depends, HTTPException, Path, Query, status
 
 from api.deps import SessionDep, SettingsDep, require_admin
-from api.routes.jobs import cancel, to_public
-from api.schemas import (AdminJobPublic, AdminJobsPublic, JobPublic, KeyCreate, KeyCreated, KeyPublic,
+from api.routes.jobs import cancel, summary_fields
+from api.schemas import (AdminJobsPublic, AdminJobSummary, JobPublic, KeyCreate, KeyCreated, KeyPublic,
                          KeysPublic, PurgePublic)
 from store import crud, webhooks
 from store.models import ApiKey, Job
@@ -21,8 +21,8 @@ JobId = Annotated[str, Path(max_length=64)]
 KeyId = Annotated[str, Path(max_length=64)]
 
 
-def to_admin_public(job: Job, settings: Settings) -> AdminJobPublic:
-    return AdminJobPublic(**to_public(job, settings).model_dump(), team=job.team)
+def to_admin_summary(job: Job, settings: Settings) -> AdminJobSummary:
+    return AdminJobSummary(**summary_fields(job, settings), team=job.team)
 
 
 def to_key_public(key: ApiKey) -> KeyPublic:
@@ -37,9 +37,9 @@ def read_all_jobs(session: SessionDep, settings: SettingsDep,
                                      Query(alias="status")] = None,
                   limit: Annotated[int, Query(ge=1, le=200)] = 50,
                   offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0) -> Any:
-    """Every team's jobs (or one team's), newest first."""
+    """Every team's jobs (or one team's), newest first, without their specs."""
     jobs, count = crud.list_jobs(session, team, status_, None, limit, offset)
-    return AdminJobsPublic(data=[to_admin_public(job, settings) for job in jobs], count=count)
+    return AdminJobsPublic(data=[to_admin_summary(job, settings) for job in jobs], count=count)
 
 
 @router.post("/jobs/{job_id}/cancel", status_code=status.HTTP_202_ACCEPTED, response_model=JobPublic)

@@ -8,12 +8,12 @@ from fastapi import APIRouter, Depends, Response
 from fastapi.concurrency import run_in_threadpool
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
-from sqlalchemy import select, text
+from sqlalchemy import text
 
 from api.deps import SettingsDep, get_publisher
 from api.queue import Publisher
+from store import crud
 from store.db import session_scope
-from store.models import Job
 from store.settings import Settings
 from store.status import JOB_STATES
 
@@ -47,31 +47,29 @@ def _database_ok(settings: Settings) -> bool:
 
 
 class StoreCollector:
-    """Reads the job store at scrape time: jobs by state, queue depth, durations, training throughput."""
+    """Reads the job store at scrape time: jobs by state, queue depth, durations, training throughput (SQL
+    aggregates: a scrape reads no report into the process)."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
 
     def collect(self) -> Any:
         with session_scope(self.settings.database) as session:
-            rows = session.execute(select(Job.status, Job.queue, Job.started_at, Job.finished_at, Job.report)).all()
+            stats = crud.job_stats(session)
         by_state = GaugeMetricFamily("coscope_jobs", "Jobs by state", labels=["state"])
         for state in JOB_STATES:
-            by_state.add_metric([state], sum(row.status == state for row in rows))
+            by_state.add_metric([state], sum(n for (status, _), n in stats.by_status_and_queue.items()
+                                             if status == state))
         depth = GaugeMetricFamily("coscope_queue_depth", "Queued jobs by queue", labels=["queue"])
         for queue in ("cpu", "gpu"):
-            depth.add_metric([queue], sum(row.status == "queued" and row.queue == queue for row in rows))
-        durations = [(row.finished_at - row.started_at).total_seconds() for row in rows
-                     if row.status == "succeeded" and row.started_at and row.finished_at]
+            depth.add_metric([queue], stats.by_status_and_queue.get(("queued", queue), 0))
         duration = GaugeMetricFamily("coscope_job_duration_seconds_sum", "Total run time of succeeded jobs")
-        duration.add_metric([], sum(durations))
+        duration.add_metric([], stats.succeeded_seconds)
         count = GaugeMetricFamily("coscope_job_duration_seconds_count", "Succeeded jobs timed")
-        count.add_metric([], len(durations))
-        rates = [row.report["timing"]["train_images_per_second"] for row in rows
-                 if row.report and "timing" in row.report]  # dry runs report no training
+        count.add_metric([], stats.succeeded_timed)
         throughput = GaugeMetricFamily("coscope_train_images_per_second",
                                        "Mean training throughput of succeeded jobs")
-        throughput.add_metric([], sum(rates) / len(rates) if rates else 0.0)
+        throughput.add_metric([], stats.mean_train_images_per_second or 0.0)
         yield from (by_state, depth, duration, count, throughput)
 
 

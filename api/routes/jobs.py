@@ -22,7 +22,7 @@ from api import limits, paths
 from api.deps import (CurrentKey, OwnedJob, SessionDep, SettingsDep, get_current_key, get_publisher,
                       limit_submissions)
 from api.queue import Publisher, publish_and_mark
-from api.schemas import Artifact, ArtifactsPublic, JobCreate, JobPublic, JobsPublic, MetricsPublic
+from api.schemas import Artifact, ArtifactsPublic, JobCreate, JobPublic, JobsPublic, JobSummary, MetricsPublic
 from core.cost import default_queue
 from store import crud, webhooks
 from store.db import session_scope
@@ -36,14 +36,19 @@ SSE_POLL_SECONDS = 0.5
 QUOTA_RETRY_SECONDS = 60  # Retry-After when the team's active-job quota is full
 
 
-def to_public(job: Job, settings: Settings) -> JobPublic:
+def summary_fields(job: Job, settings: Settings) -> dict[str, Any]:
+    """The fields of a list entry: only columns that ``crud.list_jobs`` loads (``crud.LIST_COLUMNS``)."""
     error = None
     if job.error_code:
         error = {"code": job.error_code, "message": paths.redact(job.error_message, settings)}
-    return JobPublic(id=job.id, name=job.name, tags=job.tags or [], priority=job.priority, queue=job.queue,
-                     status=job.status, attempt=job.attempt, progress=job.progress or {}, co=job.co,
-                     error=error, created_at=job.created_at, started_at=job.started_at,
-                     finished_at=job.finished_at, spec=job.spec)
+    return {"id": job.id, "name": job.name, "tags": job.tags or [], "priority": job.priority,
+            "queue": job.queue, "status": job.status, "attempt": job.attempt, "progress": job.progress or {},
+            "co": job.co, "error": error, "created_at": job.created_at, "started_at": job.started_at,
+            "finished_at": job.finished_at}
+
+
+def to_public(job: Job, settings: Settings) -> JobPublic:
+    return JobPublic(**summary_fields(job, settings), spec=job.spec)
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=JobPublic,
@@ -88,9 +93,10 @@ def read_jobs(key: CurrentKey, session: SessionDep, settings: SettingsDep,
               tag: Annotated[str | None, Query(max_length=100)] = None,
               limit: Annotated[int, Query(ge=1, le=200)] = 50, offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
               ) -> Any:
-    """List the team's jobs, newest first."""
-    jobs, count = crud.list_jobs(session, None if key.role == "admin" else key.team, status_, tag, limit, offset)
-    return JobsPublic(data=[to_public(job, settings) for job in jobs], count=count)
+    """List the team's jobs, newest first, without their specs; ``count`` is every match, not the page."""
+    team = None if key.role == "admin" else key.team
+    jobs, count = crud.list_jobs(session, team, status_, tag, limit, offset)
+    return JobsPublic(data=[JobSummary(**summary_fields(job, settings)) for job in jobs], count=count)
 
 
 @router.get("/{job_id}", response_model=JobPublic)

@@ -1,5 +1,5 @@
-"""The store's startup (a database created before a nullable column existed gains it) and its commit
-convention."""
+"""The store's startup (a database created before a nullable column or an index existed gains it) and its
+commit convention."""
 
 from __future__ import annotations
 
@@ -21,6 +21,38 @@ def test_an_old_store_gains_the_callback_url_column(tmp_path):
     old.dispose()
     columns = {column["name"] for column in inspect(get_engine(url)).get_columns("jobs")}
     assert "callback_url" in columns
+
+
+def test_an_old_store_gains_the_throughput_column_filled_from_its_reports(tmp_path):
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    old = create_engine(url)
+    Base.metadata.create_all(old)
+    with old.begin() as connection:
+        connection.execute(text("ALTER TABLE jobs DROP COLUMN train_images_per_second"))
+        connection.execute(text("INSERT INTO api_keys (id, name, team, role, key_hash, created_at, revoked) "
+                                "VALUES ('k', 'k', 'a', 'member', 'h', '2026-01-01', 0)"))
+        for job_id, report in (("timed", '{"timing": {"train_images_per_second": 512.5}}'),
+                               ("dry", '{"dry_run": true}'), ("queued", None)):
+            connection.execute(text("INSERT INTO jobs (id, team, owner_key_id, tags, priority, queue, spec, "
+                                    "status, attempt, cancel_requested, progress, report, created_at) VALUES "
+                                    "(:id, 'a', 'k', '[]', 0, 'cpu', '{}', 'succeeded', 1, 0, '{}', :report, "
+                                    "'2026-01-01')"), {"id": job_id, "report": report})
+    old.dispose()
+    with get_engine(url).connect() as connection:
+        rates = dict(connection.execute(text("SELECT id, train_images_per_second FROM jobs")).all())
+    assert rates == {"timed": 512.5, "dry": None, "queued": None}
+
+
+def test_an_old_store_gains_the_list_and_reconciler_indexes(tmp_path):
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    old = create_engine(url)
+    Base.metadata.create_all(old)
+    with old.begin() as connection:
+        for index in ("ix_jobs_team_created", "ix_jobs_status_lease"):
+            connection.execute(text(f"DROP INDEX {index}"))
+    old.dispose()
+    indexes = {index["name"] for index in inspect(get_engine(url)).get_indexes("jobs")}
+    assert {"ix_jobs_team_created", "ix_jobs_team_status_created", "ix_jobs_status_lease"} <= indexes
 
 
 def test_only_session_scope_commits():

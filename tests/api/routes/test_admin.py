@@ -24,6 +24,7 @@ def test_read_all_jobs_spans_teams_and_filters(client, settings, admin):
     listing = client.get("/v1/admin/jobs", headers=admin).json()
     assert listing["count"] == 2
     assert {(job["id"], job["team"]) for job in listing["data"]} == {(job_a["id"], "a"), (job_b["id"], "b")}
+    assert not any("spec" in job for job in listing["data"])
     only_b = client.get("/v1/admin/jobs", params={"team": "b"}, headers=admin).json()
     assert [job["id"] for job in only_b["data"]] == [job_b["id"]]
     client.post(f"/v1/jobs/{job_a['id']}/cancel", headers=a)

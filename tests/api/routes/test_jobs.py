@@ -78,10 +78,16 @@ def test_another_teams_job_is_the_same_404_as_a_missing_job(client, settings):
 
 def test_list_jobs_is_paginated_and_bounded(client, settings):
     headers = _key(settings)
-    for _ in range(3):
-        client.post("/v1/jobs", json={"spec": SPEC}, headers=headers)
+    bodies = [{"spec": SPEC, "tags": ["t"] if number else []} for number in range(3)]
+    ids = [client.post("/v1/jobs", json=body, headers=headers).json()["id"] for body in bodies]
     page = client.get("/v1/jobs", params={"limit": 2, "offset": 2}, headers=headers).json()
     assert (len(page["data"]), page["count"]) == (1, 3)
+    first = client.get("/v1/jobs", params={"limit": 1}, headers=headers).json()
+    assert (first["count"], [job["id"] for job in first["data"]]) == (3, ids[2:])  # newest first
+    tagged = client.get("/v1/jobs", params={"tag": "t"}, headers=headers).json()
+    assert (tagged["count"], {job["id"] for job in tagged["data"]}) == (2, set(ids[1:]))
+    assert "spec" not in page["data"][0]  # lists leave the spec to GET /v1/jobs/{id}
+    assert client.get(f"/v1/jobs/{ids[0]}", headers=headers).json()["spec"]["dataset"]["name"] == "synthetic"
     assert client.get("/v1/jobs", params={"limit": 201}, headers=headers).status_code == 422
     assert client.get("/v1/jobs", params={"status": "weird"}, headers=headers).status_code == 422
 
