@@ -28,13 +28,13 @@ from pathlib import Path
 
 import httpx
 
-from coscope.harness import Stack
+from coscope.harness import Stack, redis_db
 from store.settings import Settings
 
 DRY_RUN_SPEC = {"dry_run": True, "dataset": {"name": "synthetic", "synthetic_train_size": 256,
                                              "synthetic_test_size": 64, "synthetic_image_size": 16},
                 "model": {"width": 4}, "training": {"epochs": 1}}
-BENCH_REDIS_DB = 13  # the distributed run's Redis DB number (the service tests use 11 and 12)
+BENCH_REDIS_DB = redis_db("bench.load_submit")  # the distributed run's Redis DB number
 RAISED_LIMITS = {"COSCOPE_TEAM_MAX_ACTIVE_JOBS": "100000", "COSCOPE_TEAM_SUBMITS_PER_MINUTE": "100000"}
 RETRIED = {409, 429}  # and every 5xx
 TRIES = 5  # per job

@@ -23,13 +23,38 @@ import httpx
 from store.db import get_engine
 from store.settings import Settings
 
-REDIS_DB = 11  # tests own this Redis database number and flush it
+# Every Redis database number the tests and benchmarks use on the shared server, in this one place, one per
+# module (or per test that needs a broker of its own), so that no two flush or consume each other's queues
+# (tests/coscope/test_harness.py checks that none is repeated and that no other file hard-codes one). Each
+# owner flushes its database before and after use; DB 0 is left to development.
+REDIS_DBS = {
+    "tests.service.test_integration": 11,
+    "tests.service.test_chaos": 12,
+    "bench.load_submit": 13,
+    "tests.api.test_queue": 14,
+    "tests.service.test_chaos::r5_visibility": 10,
+}
+REDIS_DB = REDIS_DBS["tests.service.test_integration"]  # Stack's default
+
+
+def redis_db(owner: str) -> int:
+    """The Redis DB number of ``owner`` (a module ``__name__``, or ``module::test``); unknown owners fail,
+    so a new user of the shared Redis must claim a number in ``REDIS_DBS``."""
+    try:
+        return REDIS_DBS[owner]
+    except KeyError:
+        raise KeyError(f"{owner!r} has no Redis DB number: add it to coscope.harness.REDIS_DBS") from None
+
+
+def redis_url(owner: str) -> str:
+    return f"redis://127.0.0.1:6379/{redis_db(owner)}"
 POSTGRES_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 FAST_LEASES = {"COSCOPE_LEASE_SECONDS": "3", "COSCOPE_RECONCILE_SECONDS": "1",
                "COSCOPE_REQUEUE_QUEUED_AFTER_SECONDS": "20"}
 
 
 def free_port() -> int:
+    """A loopback port the kernel just handed out (bind to port 0): for every server a test starts."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -54,7 +79,7 @@ class Stack:
             self.env["COSCOPE_DATABASE_URL"] = f"postgresql://postgres@127.0.0.1:5432/{self.database}"
             if self.redis_db is not None:
                 self.env["COSCOPE_BROKER_URL"] = f"redis://127.0.0.1:6379/{self.redis_db}"
-                _flush_redis(self.redis_db)
+                flush_redis(self.redis_db)
         self.env.update(env or {})
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -178,7 +203,7 @@ class Stack:
         if self.database is not None:
             _postgres(f"DROP DATABASE IF EXISTS {self.database} WITH (FORCE)")
         if self.redis_db is not None:
-            _flush_redis(self.redis_db)
+            flush_redis(self.redis_db)
 
 
 def child_pids(pid: int) -> list[int]:
@@ -204,7 +229,7 @@ def _postgres(statement: str) -> None:
         connection.execute(statement)
 
 
-def _flush_redis(db: int = REDIS_DB) -> None:
+def flush_redis(db: int = REDIS_DB) -> None:
     import redis
 
     redis.Redis(host="127.0.0.1", port=6379, db=db).flushdb()

@@ -32,9 +32,19 @@ def add_service_commands(commands: Any) -> None:
 
 
 def run_service_command(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
     from store.settings import get_settings
 
-    settings = get_settings()
+    try:  # placeholder secrets in production, bad values: refuse to start, with the reason and no traceback
+        settings = get_settings()
+    except ValidationError as error:
+        reasons = "\n".join(f"  - {problem['msg'].removeprefix('Value error, ')}"
+                             + (f" ({'.'.join(map(str, problem['loc']))})" if problem["loc"] else "")
+                             for problem in error.errors())
+        sys.stderr.write(f"coscope {args.command}: refusing to start, invalid COSCOPE_* settings:\n"
+                         f"{reasons}\n")
+        return 2
     if args.command == "keys":
         from store import crud
         from store.db import session_scope
@@ -44,6 +54,11 @@ def run_service_command(args: argparse.Namespace) -> int:
         sys.stdout.write(key + "\n")
         return 0
     if args.command == "worker":
+        try:  # the worker's own start-up checks (time limit, visibility timeout), without a Celery traceback
+            import worker.celery_app  # noqa: F401  (no torch: see its docstring)
+        except ValueError as error:
+            sys.stderr.write(f"coscope worker: refusing to start: {error}\n")
+            return 2
         os.execv(sys.executable, worker_command(args.queues, args.name))
     return _serve(args, settings)
 

@@ -14,7 +14,6 @@ from store.settings import Settings
 
 TASK_NAME = "coscope.run_job"
 QUEUES = ("gpu", "cpu")
-VISIBILITY_TIMEOUT_SECONDS = 48 * 3600  # > any job; lost messages are recovered by the reconciler instead
 
 
 def make_celery(settings: Settings, include: Sequence[str] = ()) -> Celery:
@@ -29,7 +28,7 @@ def make_celery(settings: Settings, include: Sequence[str] = ()) -> Celery:
         task_default_queue="cpu",
         # Redis redelivers unacked messages after the visibility timeout; the SQLAlchemy transport (embedded)
         # passes its options to create_engine and takes none of these
-        broker_transport_options=({"visibility_timeout": VISIBILITY_TIMEOUT_SECONDS}
+        broker_transport_options=({"visibility_timeout": settings.visibility_timeout_seconds}
                                   if settings.broker.startswith(("redis", "rediss")) else {}),
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,

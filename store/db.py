@@ -2,15 +2,36 @@
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, inspect, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from store.models import Base, Job
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with every non-finite float (NaN, +-inf) replaced by None, at any depth."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(item) for item in value]
+    return value
+
+
+def json_dumps(value: Any) -> str:
+    """The JSON columns' serializer: standard JSON, where NaN and infinities are null. PostgreSQL rejects the
+    NaN token that Python writes, and a diverging model's monitor row or an all-zero carrier share holds one;
+    SQLite stored it, so the two stores disagreed (R10 failed as internal_error on PostgreSQL only)."""
+    return json.dumps(json_safe(value), allow_nan=False)
 
 
 def normalise_url(url: str) -> str:
@@ -28,7 +49,8 @@ def get_engine(url: str) -> Engine:
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30},
+                               json_serializer=json_dumps)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(connection, _record) -> None:  # type: ignore[no-untyped-def]
@@ -38,7 +60,7 @@ def get_engine(url: str) -> Engine:
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
     else:
-        engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+        engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, json_serializer=json_dumps)
     Base.metadata.create_all(engine)
     if ("jobs", "train_images_per_second") in _add_new_columns(engine):
         _fill_train_images_per_second(engine)

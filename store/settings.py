@@ -33,6 +33,10 @@ class Settings(BaseSettings):
     requeue_queued_after_seconds: float = Field(600.0, gt=0)  # then re-sent if its queue lost messages
     max_attempts: int = Field(3, ge=1, le=100)  # our own redelivery cap (brokers do not count)
     heartbeat_seconds: float | None = None  # default: lease / 3
+    # Redis only: an unacked message comes back to the queue this long after its delivery, even while its
+    # job still runs (the redelivery then meets the live lease: a ``duplicate`` no-op). The worker refuses
+    # to start unless it exceeds the hard per-job time limit (worker.celery_app).
+    visibility_timeout_seconds: float = Field(48 * 3600.0, gt=0)
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     # Limits per team, enforced by the API. The budget is in image-passes (core/cost.py): one forward+backward

@@ -22,6 +22,13 @@ def tiny_spec(**sections: dict) -> JobSpec:
     return JobSpec.model_validate(base)
 
 
+# A real divergence, no fault hook: weight decay 1 at learning rate 10 multiplies every weight by about -9 per
+# SGD step (w - lr * wd * w), so a small CNN (no batch norm) overflows float32 within two epochs of
+# tiny_spec's 3 steps, and the loss becomes nan. (At lr 10 alone, or with batch norm, it stayed finite.)
+DIVERGING = {"model": {"arch": "small_cnn", "width": 4},
+             "training": {"lr_max": 10.0, "weight_decay": 1.0, "lr_schedule": "multistep", "epochs": 3}}
+
+
 @pytest.fixture
 def spec() -> JobSpec:
     return tiny_spec()

@@ -202,3 +202,58 @@ def test_dockerfiles_copy_every_installed_package(compose: dict[str, Any]) -> No
         copied = {source.rstrip("/") for instruction, arguments in instructions(path)
                   if instruction == "COPY" and "--from" not in arguments for source in arguments.split()[:-1]}
         assert packages <= copied, f"{path.name}: no COPY of {sorted(packages - copied)}"
+
+
+# ---- S16: nothing but the API is reachable from outside the host ------------------------------------
+
+
+def published_ports(service: dict[str, Any]) -> list[dict[str, str]]:
+    """Each ``ports`` entry as {host_ip, published, target}, short ("[IP:][HOST:]CONTAINER[/proto]") or long
+    syntax. An entry without a host IP binds every interface of the host."""
+    found = []
+    for entry in service.get("ports") or []:
+        if isinstance(entry, dict):
+            found.append({key: str(entry.get(key, "")) for key in ("host_ip", "published", "target")})
+            continue
+        text = str(entry).split("/", 1)[0]
+        if text.startswith("["):  # an IPv6 host address: "[::1]:5555:5555"
+            address, _, rest = text[1:].partition("]:")
+            host_ip, parts = address, rest.split(":")
+        else:
+            parts = text.split(":")
+            host_ip = parts.pop(0) if len(parts) == 3 else ""
+        found.append({"host_ip": host_ip, "published": parts[0] if len(parts) == 2 else "",
+                      "target": parts[-1]})
+    return found
+
+
+@pytest.mark.parametrize("name", ["redis", "postgres"])
+def test_data_stores_publish_no_port(compose: dict[str, Any], name: str) -> None:
+    service = compose["services"][name]
+    assert not published_ports(service), f"{name} must be reachable only on the compose network"
+    assert service.get("network_mode") != "host", name
+
+
+def test_flower_is_published_on_loopback_only(compose: dict[str, Any]) -> None:
+    flower = compose["services"].get("flower")
+    if flower is None:
+        pytest.skip("no Flower service")
+    assert flower.get("network_mode") != "host"
+    for port in published_ports(flower):
+        assert port["host_ip"] in ("127.0.0.1", "::1"), f"Flower published on {port} (every interface)"
+
+
+def test_only_the_api_and_flower_publish_ports(compose: dict[str, Any]) -> None:
+    publishing = {name for name, service in compose["services"].items() if published_ports(service)}
+    assert publishing <= {"api", "flower"}, publishing
+
+
+@pytest.mark.parametrize(("entry", "expected"), [
+    ("5555:5555", {"host_ip": "", "published": "5555", "target": "5555"}),
+    ("127.0.0.1:5555:5555", {"host_ip": "127.0.0.1", "published": "5555", "target": "5555"}),
+    ("[::1]:5555:5555/tcp", {"host_ip": "::1", "published": "5555", "target": "5555"}),
+    ("6379", {"host_ip": "", "published": "", "target": "6379"}),
+    ({"target": 6379, "published": 6379}, {"host_ip": "", "published": "6379", "target": "6379"}),
+])
+def test_the_port_parser_reads_every_syntax(entry: Any, expected: dict[str, str]) -> None:
+    assert published_ports({"ports": [entry]}) == [expected]

@@ -15,7 +15,7 @@ import time
 from celery.signals import worker_process_init
 
 from store.broker import make_celery
-from store.settings import get_settings
+from store.settings import Settings, get_settings
 
 TIME_LIMIT_ENV = "COSCOPE_JOB_TIME_LIMIT_SECONDS"  # worker-side; unset: no limit
 HARD_LIMIT_GRACE_SECONDS = 60  # after the soft limit, time to checkpoint and write the outcome
@@ -36,8 +36,22 @@ def time_limits() -> tuple[float | None, float | None]:
     return soft, soft + HARD_LIMIT_GRACE_SECONDS
 
 
-app = make_celery(get_settings(), include=["worker.tasks"])
+def check_visibility_timeout(settings: Settings, hard_limit: float | None) -> None:
+    """Fail fast at worker start-up: on Redis, a job still running at the visibility timeout is redelivered,
+    so the timeout must exceed the hard time limit (with no limit, jobs are bounded only by the timeout)."""
+    if hard_limit is None or not settings.broker.startswith(("redis", "rediss")):
+        return
+    if settings.visibility_timeout_seconds <= hard_limit:
+        raise ValueError(
+            f"COSCOPE_VISIBILITY_TIMEOUT_SECONDS ({settings.visibility_timeout_seconds:g} s) must exceed the "
+            f"hard per-job time limit ({hard_limit:g} s = {TIME_LIMIT_ENV} "
+            f"+ {HARD_LIMIT_GRACE_SECONDS} s grace): "
+            f"Redis would hand a job that is still running to another worker")
+
+
 _soft_limit, _hard_limit = time_limits()
+check_visibility_timeout(get_settings(), _hard_limit)
+app = make_celery(get_settings(), include=["worker.tasks"])
 app.conf.update(task_soft_time_limit=_soft_limit, task_time_limit=_hard_limit)
 
 

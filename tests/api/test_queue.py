@@ -9,13 +9,14 @@ import pytest
 import redis
 
 from api.queue import Publisher, Reconciler, publish_and_mark
+from coscope.harness import redis_db
 from store import crud
 from store.db import session_scope
 from store.models import Job
 from store.settings import Settings
 from tests.api.utils import set_status
 
-REDIS_DB = 14  # this module's database number on the shared Redis, flushed before and after
+REDIS_DB = redis_db(__name__)  # this module's database number on the shared Redis, flushed before and after
 SPEC = {"dataset": {"name": "synthetic"}}
 
 

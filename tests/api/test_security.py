@@ -107,21 +107,33 @@ def test_keys_are_stored_only_as_hashes(settings):
 
 # ---- S3, S4, S5: object-level authorization, pagination, ids -----------------------------------------
 
-FOREIGN_PROBES = [("GET", ""), ("DELETE", ""), ("PATCH", ""), ("POST", "/cancel"), ("GET", "/report"),
-                  ("GET", "/metrics"), ("GET", "/events"), ("GET", "/artifacts"),
-                  ("GET", "/artifacts/report.json")]
+# S3 from the app's own routes: every member route that takes a job id, with each of its methods. A route
+# added without the OwnedJob dependency answers a foreign team's request differently from a missing job's
+# (200, 202, 422 ...) and fails here. Admin routes answer members 403 before any lookup (S19, below).
+JOB_ROUTES = [(method, path) for method, path in ROUTES
+              if "{job_id}" in path and not path.startswith("/v1/admin")]
 
 
-@pytest.mark.parametrize(("method", "suffix"), FOREIGN_PROBES)
-def test_foreign_job_is_byte_identical_to_a_missing_one_and_unchanged(client, settings, method, suffix):
+def test_the_foreign_job_probes_cover_every_job_route():
+    assert len(JOB_ROUTES) >= 7, JOB_ROUTES
+    assert {("GET", "/v1/jobs/{job_id}"), ("POST", "/v1/jobs/{job_id}/cancel"),
+            ("GET", "/v1/jobs/{job_id}/artifacts/{name}")} <= set(JOB_ROUTES)
+
+
+@pytest.mark.parametrize(("method", "path"), JOB_ROUTES)
+def test_foreign_job_is_byte_identical_to_a_missing_one_and_unchanged(client, settings, method, path):
     job = _submit(client, key_headers(settings, team="a")).json()
     other = key_headers(settings, team="b")
-    foreign = client.request(method, f"/v1/jobs/{job['id']}{suffix}", headers=other)
-    missing = client.request(method, f"/v1/jobs/{uuid.uuid4()}{suffix}", headers=other)
-    assert foreign.status_code in (404, 405) and foreign.status_code == missing.status_code
-    assert foreign.content == missing.content
+    body = {"json": {}} if method in ("POST", "PUT", "PATCH") else {}
+    foreign = client.request(method, _fill(path, job["id"]), headers=other, **body)
+    missing = client.request(method, _fill(path, str(uuid.uuid4())), headers=other, **body)
+    assert foreign.status_code == 404 and missing.status_code == 404, (foreign.text, missing.text)
+    assert foreign.content == missing.content == b'{"detail":"Job not found"}'
     row = job_row(settings, job["id"])
     assert (row.status, row.cancel_requested) == ("queued", False)
+    if not path.endswith("/events"):  # the owner reaches the route (its stream would wait for the job)
+        own = client.request(method, _fill(path, job["id"]), headers=key_headers(settings, team="a"), **body)
+        assert own.content != b'{"detail":"Job not found"}', (method, path)
 
 
 @pytest.mark.parametrize("params", [{"limit": 1_000_000}, {"limit": -1}, {"limit": 0}, {"offset": -1},

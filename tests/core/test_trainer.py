@@ -7,9 +7,9 @@ import torch
 from PIL import Image
 
 from core import checkpoint
-from core.errors import Cancelled, CheckpointError, DatasetNotFound, SpecError
+from core.errors import Cancelled, CheckpointError, DatasetNotFound, DivergedError, SpecError
 from core.trainer import Callbacks, train
-from tests.conftest import tiny_spec
+from tests.conftest import DIVERGING, tiny_spec
 
 
 def _rows(run_dir):
@@ -66,6 +66,19 @@ def test_resume_after_cancel_matches_an_uninterrupted_run(tmp_path):
 
     assert _rows(tmp_path / "split") == _rows(tmp_path / "whole")
     assert resumed["final"] == whole["final"]
+
+
+def test_a_real_nan_loss_raises_diverged_error(tmp_path, single_thread):
+    """R10 in the trainer: an absurd learning rate and weight decay make the loss nan (no fault injection);
+    train() raises DivergedError at the logged step, after a finite first epoch, and writes no report."""
+    events = []
+    with pytest.raises(DivergedError, match=r"training loss became (nan|inf|-inf) by step (\d+)") as raised:
+        train(tiny_spec(**DIVERGING), tmp_path, callbacks=Callbacks(on_event=events.append))
+    step = int(raised.value.args[0].rsplit(" ", 1)[1])
+    assert step > 3  # after epoch 0 (3 steps), which ended with a finite loss
+    epochs = [e for e in events if e["type"] == "epoch"]
+    assert epochs and all(torch.isfinite(torch.tensor(e["train_loss"])) for e in epochs)
+    assert not (tmp_path / "report.json").exists()
 
 
 def test_resume_refuses_a_checkpoint_of_another_spec(tmp_path, spec):

@@ -1,7 +1,15 @@
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import httpx
+import pytest
+
+from coscope.harness import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -99,3 +107,55 @@ def test_report_of_a_folder_without_a_run_exits_2(tmp_path):
     result = _coscope("report", str(tmp_path))
     assert result.returncode == 2
     assert "no report.json" in result.stderr
+
+
+def _service_env(home: Path, **settings: str) -> dict[str, str]:
+    """The test's environment without its COSCOPE_* settings, plus ``settings`` (a fresh home, SQLite)."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("COSCOPE_")}
+    return {**env, "COSCOPE_HOME": str(home), "PYTHONUNBUFFERED": "1", **settings}
+
+
+@pytest.mark.parametrize("secret", ["changethis", ""])
+@pytest.mark.parametrize("command", [["serve", "--no-worker"], ["worker"]], ids=["serve", "worker"])
+def test_production_with_a_placeholder_secret_refuses_to_start(tmp_path, command, secret):
+    """S17: the real process exits non-zero at start-up, says why, and never listens."""
+    port = free_port()
+    env = _service_env(tmp_path / "home", COSCOPE_ENV="production", COSCOPE_WEBHOOK_SECRET=secret)
+    process = subprocess.Popen([sys.executable, "-m", "coscope.cli", *command, *(
+        ["--port", str(port)] if command[0] == "serve" else [])], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = process.communicate(timeout=90)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        pytest.fail(f"coscope {command[0]} started in production with the placeholder secret {secret!r}")
+    assert process.returncode == 2, (process.returncode, err[-2000:])
+    assert "refusing to start" in err and "COSCOPE_WEBHOOK_SECRET is a placeholder" in err, err
+    assert "Traceback" not in err and out == ""
+    assert not (tmp_path / "home" / "api-key").exists()  # stopped before touching the store
+
+
+def test_development_starts_with_the_placeholder_and_warns(tmp_path):
+    port = free_port()
+    env = _service_env(tmp_path / "home", COSCOPE_ENV="development", COSCOPE_WEBHOOK_SECRET="changethis")
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as handle:
+        process = subprocess.Popen([sys.executable, "-m", "coscope.cli", "serve", "--no-worker", "--port",
+                                    str(port)], cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert process.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.3)
+        assert "COSCOPE_WEBHOOK_SECRET is a placeholder (allowed in development only)" in log.read_text()
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=60)

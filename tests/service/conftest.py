@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from coscope.harness import Stack
+from coscope.harness import Stack, redis_db
 
 
 def job_spec(epochs: int = 2, train_size: int = 128) -> dict:
@@ -71,7 +71,9 @@ class Api:
 
 @pytest.fixture(params=["embedded", "distributed"])
 def stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stack]:
-    created = Stack(request.param, tmp_path / "home")
+    """A stack of the requesting module, on that module's Redis DB (``coscope.harness.REDIS_DBS``)."""
+    created = Stack(request.param, tmp_path / "home",
+                    redis_db=redis_db(request.module.__name__) if request.param == "distributed" else None)
     created.home.mkdir()
     try:
         yield created

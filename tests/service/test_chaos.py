@@ -25,8 +25,11 @@ Scenarios (test name prefix: what is checked):
 - R4 ``test_r4``: SIGTERM to the Celery parent mid-epoch: warm shutdown lets the child finish the job
   (attempt 1, exit 0); the restarted worker serves the next job. (This found that the kernel SIGKILLed the
   job during a warm shutdown of the embedded worker: see ``worker.celery_app._die_with_the_parent_process``.)
-- R5 ``test_r5``: the same job id published twice with two workers: one trains, the other returns
-  ``duplicate``; one claim, attempt 1.
+- R5 ``test_r5_a_job_outliving_the_visibility_timeout``: the real fault, on its own stack and Redis DB: with
+  ``COSCOPE_VISIBILITY_TIMEOUT_SECONDS=3`` Redis puts a running job's unacked message back on the queue and a
+  second, idle worker takes it: a ``duplicate`` no-op while the first attempt keeps training; one claim.
+  ``test_r5_duplicate_message``: the same job id published twice with two workers: one trains, the other
+  returns ``duplicate``; one claim, attempt 1.
 - R6 ``test_r6``: ``worker.runner.run`` on one queued job from two threads at once: ``succeeded`` and
   ``duplicate``.
 - R7 ``test_r7``: a private redis-server is SIGKILLed and restarted empty while 1 job runs and 2 are
@@ -36,17 +39,21 @@ Scenarios (test name prefix: what is checked):
   a 3 s re-send period puts them back within a few periods, all run.
 - R9 ``test_r9``: POST while the broker is down: 201 ``queued``, no 500 and no traceback, readyz 503 with
   ``broker: unreachable``; once the broker is up the reconciler delivers it and it succeeds.
-- R10 ``test_r10``: a diverging job is ``failed``/``diverged`` as attempt 1 and is not retried.
+- R10 ``test_r10``: a job whose loss really becomes nan is ``failed``/``diverged`` as attempt 1 and is not
+  retried.
 - R11 ``test_r11``: a worker with ``COSCOPE_JOB_TIME_LIMIT_SECONDS`` fails a long job with ``time_limit``
   (attempt 1, no lost child) and then runs the next job normally.
 - R12 ``test_r12``: cancel while running: ``cancelled`` within ``CANCEL_SECONDS``, lease released, 409 on a
   second cancel.
 - R13 ``test_r13`` (and the end of R2): record, heartbeat and finish fenced with an older attempt, or after
   the job finished, raise ``StaleAttempt`` and change no row.
-- R14 ``test_r14``: R2's killed-and-resumed job and R4's uninterrupted one (same spec) have identical metric
-  rows, losses included.
+- R14 ``test_r14``: one spec run straight, and again with its pool child SIGKILLed after epoch 2 and resumed:
+  identical metric rows, losses included, and bit-equal final weights (``torch.equal`` over the state dicts
+  of both final checkpoints, loaded with ``weights_only=True``). Independent of the other tests.
 - R15 ``test_r15``: importing ``worker.celery_app`` and ``worker.tasks`` loads no torch, and the live Celery
   parent, after many jobs, maps no libtorch.
+- S15 ``test_s15`` (distributed only): a pickled ``coscope.run_job`` message on the real Redis queue is
+  refused by the worker (``accept_content=["json"]``); the job row is unchanged and the worker keeps serving.
 - ``test_zz_no_job_was_lost_or_duplicated``: every job of the module reached a final state with unique (and,
   if it succeeded, complete) metric rows and events that never interleave attempts.
 
@@ -55,24 +62,21 @@ Not applicable, or narrower than the table:
   the reconciler's new message usually wins and the redelivery finds the job running or finished (a no-op).
 - R3: the table's reason ``worker_lost`` is ``attempts_exhausted`` here (our code for "started too often").
   The poison job is a worker-side fault hook (``worker.runner._test_faults``: the worker's environment
-  names a job seed; ignored in production), as is R10's divergence.
-- R5: the Redis ``visibility_timeout`` is 48 h (``store.broker``), longer than any job, so a broker
-  redelivery *during* a run does not happen by timeout; what R5 guards (a second delivery while the lease
-  is live must not train) is produced directly by publishing the same job id twice.
+  names a job seed; ignored in production).
+- R5: in production the Redis visibility timeout (``COSCOPE_VISIBILITY_TIMEOUT_SECONDS``, default 48 h) must
+  exceed the hard time limit, or the worker refuses to start (``worker.celery_app``); the test shortens it
+  to 3 s to make the redelivery happen during a run.
 - R7: the shared Redis on 6379 is never restarted (other processes use it); the test restarts a private
   redis-server without persistence, i.e. the worst case (messages lost too). Whether the running job is
   cancelled (``worker_cancel_long_running_tasks_on_connection_loss``) and resumed, or continues, depends on
   when Celery notices the loss, so the test asserts the outcome: at most one claim beyond the first per
   connection loss, attempts fenced, metrics unique and complete.
-- R10: no spec diverged reliably on the tiny synthetic job (lr_max 10, momentum 0.99, weight decay 1,
-  cyclic and multistep, seeds 0-2 all kept a finite loss: the model has batch norm), hence the hook. It
-  raises ``DivergedError`` from inside ``train()`` as ``core.trainer._check_finite`` does on a NaN loss, so
-  everything from the raise on (runner, store, broker ack, reconciler) is the real path.
+- R10: a real nan loss, no hook: ``tests/conftest.py`` DIVERGING (a small CNN without batch norm, lr 10 and
+  weight decay 1) diverges in its second epoch; the same spec is tested in process in
+  tests/core/test_trainer.py and tests/worker/test_runner.py.
 - R11: the limit is a worker setting read from the environment (``worker.celery_app.time_limits``): soft
   limit -> ``SoftTimeLimitExceeded`` in the task -> ``failed``/``time_limit``; the hard limit, 60 s later,
   only backs it up (not exercised: it would SIGKILL the child like R2).
-- R14: only the process-level comparison of metric rows; final weights ``allclose`` after a resume is
-  covered in tests/core (resume after cancel equals an uninterrupted run).
 - R15: no GPU here, so "Cannot re-initialize CUDA in forked subprocess" cannot occur; what prevents it (the
   parent never imports torch, each job runs in a fresh child) is checked instead.
 """
@@ -89,21 +93,22 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from coscope.harness import Stack, child_pids, free_port
+from coscope.harness import Stack, child_pids, free_port, redis_db
+from tests.conftest import DIVERGING
 from tests.service.conftest import Api, job_spec
 
 pytestmark = pytest.mark.chaos
 
 MAX_ATTEMPTS = 3
-POISON_SEED, DIVERGE_SEED = 70001, 70002  # worker-side fault injection (worker.runner._test_faults)
-CHAOS_REDIS_DB = 12  # the distributed chaos stack's DB on the shared Redis (test_integration uses 11)
+POISON_SEED = 70001  # worker-side fault injection (worker.runner._test_faults)
+CHAOS_REDIS_DB = redis_db(__name__)  # the distributed chaos stack's DB on the shared Redis
 TIME_LIMIT_SECONDS = 12  # R11's worker: a 1-epoch job takes 2-5 s on a loaded 2-core machine
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # torch in a job: the 2 CPU cores are shared with the API and pytest
 CANCEL_SECONDS = 10  # R12: heartbeat (1 s) + one step + checkpoint + write, with room for a loaded CPU
@@ -113,7 +118,7 @@ WORKER_LOST = "Worker exited prematurely: signal 9 (SIGKILL)"  # Celery's log li
 
 
 def resume_spec() -> dict:
-    """R2 and R4 run this same spec, so R14 can compare a killed-and-resumed run with an uninterrupted one."""
+    """R2 and R4: killed after epoch 1 with 3+ epochs to go."""
     return job_spec(epochs=5, train_size=256)  # 8 steps per epoch: killed after epoch 1, 3+ epochs to go
 
 
@@ -129,7 +134,6 @@ class Chaos:
     stack: Stack
     api: Api
     worker: subprocess.Popen  # the healthy cpu-queue worker every test leaves running
-    results: dict[str, list[dict]] = field(default_factory=dict)  # metric rows kept for R14
 
     def settle(self, scenario: str, job_id: str, complete: bool = True) -> dict:
         return settle(self.stack, scenario, job_id, complete)
@@ -144,7 +148,7 @@ def chaos(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     home.mkdir()
     stack = Stack(request.param, home, redis_db=CHAOS_REDIS_DB, env={
         **ONE_THREAD, "COSCOPE_MAX_ATTEMPTS": str(MAX_ATTEMPTS),
-        "COSCOPE_TEST_POISON_JOB_SEED": str(POISON_SEED), "COSCOPE_TEST_DIVERGE_JOB_SEED": str(DIVERGE_SEED)})
+        "COSCOPE_TEST_POISON_JOB_SEED": str(POISON_SEED)})
     try:
         stack.start_api()
         worker = stack.start_worker(queues="cpu", ready=True)
@@ -327,7 +331,6 @@ def test_r2_sigkill_of_the_pool_child_is_logged_replaced_and_the_job_resumes_as_
     rows = metric_rows(stack, job["id"])
     assert {row["_attempt"] for row in rows} == {1, 2}
     chaos.settle("R2 child SIGKILL", job["id"])
-    chaos.results["R2"] = rows
 
     # R13 on this job: a late write from attempt 1 is refused and changes nothing
     stale_row = {**rows[0], "train_loss": 123.0}
@@ -391,7 +394,6 @@ def test_r4_warm_shutdown_mid_epoch_finishes_the_job_then_the_worker_restarts(ch
 
     chaos.worker = stack.start_worker(queues="cpu", ready=True)
     chaos.settle("R4 warm shutdown", job["id"])
-    chaos.results["R4"] = metric_rows(stack, job["id"])
     after = api.submit(job_spec(epochs=1))  # the restarted worker serves
     assert api.wait_finished(after["id"])["status"] == "succeeded"
     chaos.settle("R4 after restart", after["id"])
@@ -426,6 +428,72 @@ def test_r5_duplicate_message_with_two_workers_trains_once(chaos):
     assert claims(stack, job["id"]) == 1
     assert {row["_attempt"] for row in metric_rows(stack, job["id"])} == {1}
     chaos.settle("R5 duplicate message", job["id"])
+
+
+VISIBILITY_SECONDS = 3  # R5's Redis visibility timeout: shorter than its job, so Redis redelivers mid-run
+
+
+def test_r5_a_job_outliving_the_visibility_timeout_is_redelivered_and_trains_once(tmp_path):
+    """R5 with the real fault: ``COSCOPE_VISIBILITY_TIMEOUT_SECONDS`` shorter than the job, so kombu puts the
+    unacked message back on the queue while the job runs, and the idle second worker takes it. It meets the
+    live lease: a ``duplicate`` no-op, while the first attempt keeps training. One claim, attempt 1."""
+    stack = Stack("distributed", tmp_path / "home", redis_db=redis_db(f"{__name__}::r5_visibility"),
+                  env={**ONE_THREAD, "COSCOPE_VISIBILITY_TIMEOUT_SECONDS": str(VISIBILITY_SECONDS)})
+    stack.home.mkdir()
+    try:
+        stack.start_api()
+        workers = [stack.start_worker(queues="cpu", ready=True) for _ in range(2)]
+        logs = [stack.worker_log(worker) for worker in workers]
+        api = Api(stack.url, stack.admin_key())
+        job = api.submit(job_spec(epochs=200, train_size=256))  # far longer than the timeout: cancelled below
+
+        def outcomes() -> list[str]:
+            return sorted(o for name in logs for o in task_outcomes(stack.log_since(name)))
+
+        # kombu restores messages older than the timeout every few seconds (unacked_restore_interval)
+        wait_until(lambda: "duplicate" in outcomes(), 180, "Redis to redeliver the running job's message")
+        at_duplicate = api.job(job["id"])
+        assert (at_duplicate["status"], at_duplicate["attempt"]) == ("running", 1), at_duplicate
+        step = at_duplicate["progress"]["step"]
+        wait_until(lambda: api.job(job["id"])["progress"]["step"] > step, 120,
+                   "the first attempt to keep training after the redelivery")
+        assert api.http.post(f"/v1/jobs/{job['id']}/cancel").status_code == 202
+        final = api.wait_finished(job["id"], timeout=120)
+        wait_until(lambda: "cancelled" in outcomes(), 60, "the trainer's task to return")
+        received = sum(len(re.findall(r"Task coscope\.run_job\[[0-9a-f-]+\] received", stack.log_since(name)))
+                       for name in logs)
+    finally:
+        stack.close()
+    assert (final["status"], final["attempt"]) == ("cancelled", 1), final
+    assert received >= 2  # the original delivery and at least one redelivery
+    assert set(outcomes()) == {"cancelled", "duplicate"} and outcomes().count("cancelled") == 1, outcomes()
+
+
+@pytest.mark.parametrize("chaos", ["distributed"], indirect=True)
+def test_s15_a_pickled_message_on_the_real_queue_is_refused_and_changes_nothing(chaos):
+    """S15: a ``coscope.run_job`` message serialised with pickle, published to the worker's Redis queue: the
+    worker refuses to deserialise it (``accept_content=["json"]``), no task runs, the job row is unchanged,
+    and the worker goes on serving JSON messages."""
+    from store.broker import TASK_NAME, make_celery
+
+    stack, api = chaos.stack, chaos.api
+    log = stack.worker_log(chaos.worker)
+    since, _ = idle_log(stack, log)
+    job_id = create_job_in_store(stack, job_spec(epochs=1))  # marked sent: the reconciler leaves it alone
+    row = job_row(stack, job_id)
+    events = job_events(stack, job_id)
+    make_celery(stack.settings()).send_task(TASK_NAME, args=[job_id], queue="cpu", serializer="pickle")
+    part = stack.wait_for_log(log, "Refusing to deserialize untrusted content of type pickle", timeout=60,
+                              since=since)
+    assert deliveries(part)["received"] == 0, part[-3000:]  # never handed to a task
+    assert job_row(stack, job_id) == row and job_events(stack, job_id) == events
+    assert (row["status"], row["attempt"]) == ("queued", 0)
+    assert chaos.worker.poll() is None
+    assert api.http.post(f"/v1/admin/jobs/{job_id}/cancel").status_code == 202  # not left to the reconciler
+    following = api.submit(job_spec(epochs=1))
+    final = api.wait_finished(following["id"])
+    assert (final["status"], final["attempt"]) == ("succeeded", 1)
+    chaos.settle("S15 after a pickled message", following["id"])
 
 
 def test_r6_two_concurrent_runs_in_process_claim_once(chaos):
@@ -625,7 +693,9 @@ def test_r7_broker_restart_with_jobs_running_and_queued(tmp_path, private_redis)
 
 def test_r10_diverged_job_fails_once_and_is_not_retried(chaos):
     stack, api = chaos.stack, chaos.api
-    job = api.submit(seeded(job_spec(epochs=3), DIVERGE_SEED))  # raises DivergedError at its first epoch end
+    spec = job_spec(epochs=3)
+    job = api.submit({**spec, **{name: {**spec.get(name, {}), **values}
+                                 for name, values in DIVERGING.items()}})
     final = api.wait_finished(job["id"])
     assert (final["status"], final["error"]["code"], final["attempt"]) == ("failed", "diverged", 1), final
     time.sleep(4 * RECONCILE_SECONDS)
@@ -715,14 +785,44 @@ def test_r13_stale_attempt_writes_are_refused_and_change_nothing(chaos):
     chaos.settle("R13 stale attempt", job_id, complete=False)
 
 
-def test_r14_resumed_metrics_equal_uninterrupted_metrics(chaos):
-    if not {"R2", "R4"} <= set(chaos.results):
-        pytest.skip("compares the jobs of R2 (killed and resumed) and R4 (uninterrupted) of this mode")
-    resumed, straight = chaos.results["R2"], chaos.results["R4"]
-    strip = [[{k: v for k, v in row.items() if k != "_attempt"} for row in rows]
-             for rows in (resumed, straight)]
-    assert {row["_attempt"] for row in resumed} == {1, 2} and {row["_attempt"] for row in straight} == {1}
-    steps = resume_spec()["training"]["epochs"] * 8
+def test_r14_killed_and_resumed_run_ends_with_the_weights_of_an_uninterrupted_run(chaos):
+    """R14, self-contained: the same 4-epoch spec run straight, and SIGKILLed (pool child) after epoch 2 then
+    resumed as attempt 2 from its checkpoint: identical metric rows and bit-equal final weights."""
+    import torch
+
+    stack, api, parent = chaos.stack, chaos.api, chaos.worker
+    spec = job_spec(epochs=4, train_size=256)  # 8 steps per epoch
+    steps = 4 * 8
+    straight = api.submit(spec)
+    final = api.wait_finished(straight["id"], timeout=240)
+    assert (final["status"], final["attempt"]) == ("succeeded", 1), final
+    chaos.settle("R14 uninterrupted", straight["id"])
+
+    log = stack.worker_log(parent)
+    idle_log(stack, log)
+    resumed = api.submit(spec)
+    wait_epoch(chaos, resumed["id"], 2)  # epochs 0 and 1 are checkpointed
+    child = int(job_row(stack, resumed["id"])["lease_owner"].rsplit(":", 1)[1])
+    assert child in child_pids(parent.pid)
+    os.kill(child, signal.SIGKILL)
+    final = api.wait_finished(resumed["id"], timeout=240)
+    assert (final["status"], final["attempt"]) == ("succeeded", 2), stack.log(log)
+    second = [e for e in job_events(stack, resumed["id"]) if e["type"] == "progress" and e["attempt"] == 2]
+    assert second[0]["data"]["step"] >= 2 * 8, second[0]  # resumed from the checkpoint, not from step 0
+    chaos.settle("R14 killed after epoch 2 and resumed", resumed["id"])
+
+    artifacts = stack.settings().artifacts
+    weights = [torch.load(artifacts / job["id"] / "checkpoint.pt", map_location="cpu", weights_only=True)
+               for job in (resumed, straight)]
+    assert weights[0]["state"]["step"] == weights[1]["state"]["step"] == steps
+    models = [checkpoint["model"] for checkpoint in weights]
+    assert models[0].keys() == models[1].keys() and models[0]
+    different = [name for name in models[0] if not torch.equal(models[0][name], models[1][name])]
+    assert not different, f"final weights differ after the resume: {different[:5]}"
+
+    rows = [metric_rows(stack, job["id"]) for job in (resumed, straight)]
+    assert {row["_attempt"] for row in rows[0]} == {1, 2} and {row["_attempt"] for row in rows[1]} == {1}
+    strip = [[{k: v for k, v in row.items() if k != "_attempt"} for row in job_rows] for job_rows in rows]
     assert [row["step"] for row in strip[0] if row["kind"] == "train"] == list(range(1, steps + 1))
     assert strip[0] == strip[1]  # every train, epoch and monitor row, losses included, bit for bit
 

@@ -4,6 +4,7 @@ commit convention."""
 from __future__ import annotations
 
 import ast
+import json
 from pathlib import Path
 
 from sqlalchemy import create_engine, inspect, text
@@ -67,3 +68,12 @@ def test_only_session_scope_commits():
                         and node.func.attr == "commit"):
                     commits.append(f"{path.relative_to(root)}:{node.lineno}")
     assert len(commits) == 1 and commits[0].startswith("store/db.py:"), commits
+
+
+def test_non_finite_floats_are_stored_as_null_in_json_columns():
+    # PostgreSQL rejects Python's NaN token: a diverging model's monitor row once failed the job as
+    # internal_error on PostgreSQL only (chaos R10, distributed)
+    from store.db import json_dumps
+
+    assert json.loads(json_dumps({"a": float("nan"), "b": [1.0, float("inf"), {"c": -float("inf")}], "d": 0.5})) \
+        == {"a": None, "b": [1.0, None, {"c": None}], "d": 0.5}

@@ -1,0 +1,50 @@
+"""The job runner's error mapping on real failures, in process: ``worker.runner.run`` as the Celery task
+calls it, on a SQLite store, with no fault hook."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from core.spec import JobSpec
+from store import crud
+from store.db import session_scope
+from store.models import Job, JobEvent
+from store.settings import Settings
+from tests.conftest import DIVERGING, tiny_spec
+from worker.runner import run
+
+
+@pytest.fixture
+def one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def _queued_job(settings: Settings, spec: JobSpec) -> str:
+    with session_scope(settings.database) as session:
+        owner, _ = crud.create_key(session, "k")
+        job, _ = crud.create_job(session, owner, spec.model_dump(mode="json"), name=None, tags=[], priority=0,
+                                 queue="cpu", idempotency_key=None, request_hash="h")
+        return job.id
+
+
+def test_r10_a_real_nan_loss_fails_the_job_as_diverged_once(tmp_path, one_thread):
+    """R10: the loss of this spec becomes nan in its second epoch; the trainer's DivergedError reaches the
+    runner, which fails the job with ``diverged`` as attempt 1 and releases the lease; a redelivery of the
+    message (as Celery would after a crash) does not run it again."""
+    settings = Settings(home=tmp_path)
+    job_id = _queued_job(settings, tiny_spec(**DIVERGING))
+    assert run(job_id, settings, worker="test") == "failed"
+    with session_scope(settings.database) as session:
+        job = session.get(Job, job_id)
+        assert (job.status, job.error_code, job.attempt) == ("failed", "diverged", 1)
+        assert job.error_message.startswith("training loss became nan by step")
+        assert job.lease_expires_at is None and job.report is None
+        epochs = [e.data for e in session.query(JobEvent).filter_by(job_id=job_id, type="epoch")]
+        assert [e["epoch"] for e in epochs] == [0]  # diverged during the second epoch
+    assert run(job_id, settings, worker="test") == "finished"  # a redelivery is a no-op
+    with session_scope(settings.database) as session:
+        assert session.get(Job, job_id).attempt == 1
