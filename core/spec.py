@@ -88,10 +88,10 @@ class TrainingSpec(_Section):
     channels_last: bool = True  # memory format of activations; numerically the same algorithm
     last_batch: Literal["keep", "drop", "drop_small"] = "drop_small"  # an epoch's last, smaller batch:
     # keep (the paper: 50,000 images leave 80), drop, or drop_small = drop it when under half a batch
-    # (10,000 images leave 16 whose BatchNorm statistics and full-lr step collapsed N-FGSM; docs/ablation.md)
+    # (10,000 images leave 16; keep and drop measured the same, docs/ablation.md)
     attack_start: Literal["input", "box_clipped"] = "input"  # where a noise-free single-step attack takes
     # its gradient: at the input itself, as the released code (delta_0 = 0 at an injected image, pixels
-    # may lie outside [0, 1]), or at its box-clipped version (coscope before issue 11; inverts B2)
+    # may lie outside [0, 1]), or at its box-clipped version (coscope before issue 11)
     clip_box: bool = True  # the training attack keeps x + delta in [0, 1]; the released low-pass configs: False
     log_every: int = Field(20, ge=1, le=100_000)  # steps between logged training metrics
     max_steps: int | None = Field(None, ge=1, le=100_000_000)  # stop early (smoke tests, benchmarks); the
