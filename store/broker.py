@@ -16,6 +16,18 @@ TASK_NAME = "coscope.run_job"
 QUEUES = ("gpu", "cpu")
 
 
+RESTORE_SWEEP_MAX_SECONDS = 10  # how often, at most, each worker looks for unacked messages past the timeout
+
+
+def redis_transport_options(visibility_timeout: float) -> dict[str, float]:
+    """kombu's Redis options. Unacked messages older than ``visibility_timeout`` go back on the queue at the
+    next restore sweep; kombu's default sweep (a 10 s timer that scans every 10th tick) lets a message wait up
+    to 100 s past the timeout. Every tick scans here (one ZRANGE per worker), at a period within the timeout."""
+    sweep = max(1, min(RESTORE_SWEEP_MAX_SECONDS, int(visibility_timeout / 3)))
+    return {"visibility_timeout": visibility_timeout,
+            "unacked_restore_interval": sweep, "unacked_restore_throttle": 1}
+
+
 def make_celery(settings: Settings, include: Sequence[str] = ()) -> Celery:
     app = Celery("coscope", broker=settings.broker, include=list(include))
     app.conf.update(
@@ -28,7 +40,7 @@ def make_celery(settings: Settings, include: Sequence[str] = ()) -> Celery:
         task_default_queue="cpu",
         # Redis redelivers unacked messages after the visibility timeout; the SQLAlchemy transport (embedded)
         # passes its options to create_engine and takes none of these
-        broker_transport_options=({"visibility_timeout": settings.visibility_timeout_seconds}
+        broker_transport_options=(redis_transport_options(settings.visibility_timeout_seconds)
                                   if settings.broker.startswith(("redis", "rediss")) else {}),
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,

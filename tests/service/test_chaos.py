@@ -445,12 +445,12 @@ def test_r5_a_job_outliving_the_visibility_timeout_is_redelivered_and_trains_onc
         workers = [stack.start_worker(queues="cpu", ready=True) for _ in range(2)]
         logs = [stack.worker_log(worker) for worker in workers]
         api = Api(stack.url, stack.admin_key())
-        job = api.submit(job_spec(epochs=200, train_size=256))  # far longer than the timeout: cancelled below
+        job = api.submit(job_spec(epochs=1000, train_size=512))  # minutes, far past the timeout: cancelled below
 
         def outcomes() -> list[str]:
             return sorted(o for name in logs for o in task_outcomes(stack.log_since(name)))
 
-        # kombu restores messages older than the timeout every few seconds (unacked_restore_interval)
+        # every worker sweeps for messages older than the timeout within a second (store.broker)
         wait_until(lambda: "duplicate" in outcomes(), 180, "Redis to redeliver the running job's message")
         at_duplicate = api.job(job["id"])
         assert (at_duplicate["status"], at_duplicate["attempt"]) == ("running", 1), at_duplicate

@@ -22,7 +22,12 @@ def test_the_visibility_timeout_is_a_setting_passed_to_the_redis_transport(tmp_p
     monkeypatch.setenv("COSCOPE_VISIBILITY_TIMEOUT_SECONDS", "123")
     settings = Settings(home=tmp_path, broker_url=REDIS)
     assert settings.visibility_timeout_seconds == 123
-    assert make_celery(settings).conf.broker_transport_options == {"visibility_timeout": 123}
+    options = make_celery(settings).conf.broker_transport_options
+    assert options["visibility_timeout"] == 123
+    # kombu's sweep period is interval x throttle: every 10 s here, not its default 100 s past the timeout
+    assert (options["unacked_restore_interval"], options["unacked_restore_throttle"]) == (10, 1)
+    short = make_celery(Settings(home=tmp_path, broker_url=REDIS, visibility_timeout_seconds=3))
+    assert short.conf.broker_transport_options["unacked_restore_interval"] == 1  # a sweep within the timeout
     assert Settings(home=tmp_path).visibility_timeout_seconds == 123  # read from the environment
     monkeypatch.delenv("COSCOPE_VISIBILITY_TIMEOUT_SECONDS")
     assert Settings(home=tmp_path).visibility_timeout_seconds == 48 * 3600
