@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import os
@@ -68,6 +69,20 @@ def timed(function: Callable[[], object], repeats: int) -> tuple[list[float], ob
 def spread(values: list[float]) -> str:
     """'median (min-max, n=k)'."""
     return f"{statistics.median(values):.3g} ({min(values):.3g}-{max(values):.3g}, n={len(values)})"
+
+
+def arguments(description: str) -> argparse.ArgumentParser:
+    """The parser every recording benchmark starts from: its docstring as help, and ``--no-record``."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--no-record", action="store_true", help="print only; do not append to docs/benchmarks.md")
+    return parser
+
+
+def parse(parser: argparse.ArgumentParser) -> argparse.Namespace:
+    args = parser.parse_args()
+    if args.no_record:
+        os.environ["BENCH_NO_RECORD"] = "1"  # read by record()
+    return args
 
 
 def record(benchmark: str, rows: list[tuple[str, str]]) -> None:

@@ -16,7 +16,6 @@ own team, succeeded, invisible to the other teams.
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
@@ -286,8 +285,9 @@ def rows(outcome: Outcome, backend: str, requeue_after: float | None = None) -> 
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    from common import arguments, parse, record
+
+    parser = arguments(__doc__)
     parser.add_argument("--jobs", type=int, default=500)
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--teams", type=int, default=3)
@@ -295,13 +295,9 @@ def main() -> int:
     parser.add_argument("--drain-timeout", type=float, default=1800.0, help="seconds (default 1800)")
     parser.add_argument("--requeue-after", type=float, default=None,
                         help="COSCOPE_REQUEUE_QUEUED_AFTER_SECONDS for the run (default: its default)")
-    parser.add_argument("--no-record", action="store_true",
-                        help="print only; do not append to docs/benchmarks.md")
-    args = parser.parse_args()
+    args = parse(parser)
 
     import tempfile
-
-    from common import record
 
     with tempfile.TemporaryDirectory(prefix="coscope-load-") as home:
         stack, outcome = start_stack(args.backend, Path(home), args.requeue_after), None
@@ -312,12 +308,8 @@ def main() -> int:
                 for log in Path(home).glob("*.log"):
                     sys.stderr.write(f"--- {log.name}\n{stack.log(log.name)}\n")
             stack.close()
-    result = rows(outcome, args.backend, args.requeue_after)
-    if args.no_record:
-        sys.stdout.write("\n".join(f"{name}: {value}" for name, value in result) + "\n")
-    else:
-        record(f"Service load test: {args.jobs} dry-run jobs, {args.clients} clients, {args.teams} teams",
-               result)
+    record(f"Service load test: {args.jobs} dry-run jobs, {args.clients} clients, {args.teams} teams",
+           rows(outcome, args.backend, args.requeue_after))
     return 1 if outcome.problems or outcome.server_errors else 0
 
 

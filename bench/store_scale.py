@@ -344,21 +344,16 @@ def run(args: argparse.Namespace) -> list[tuple[str, str]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    from common import arguments, parse, record
+
+    parser = arguments(__doc__)
     parser.add_argument("--jobs", type=int, default=100_000)
     parser.add_argument("--teams", type=int, default=3)
     parser.add_argument("--report-kb", type=float, default=8.0)
     parser.add_argument("--requests", type=int, default=200, help="timed requests per list case")
     parser.add_argument("--passes", type=int, default=5, help="reconciler passes with work (idle: 4x)")
     parser.add_argument("--old-repeats", type=int, default=3)
-    parser.add_argument("--no-record", action="store_true",
-                        help="print only; do not append to docs/benchmarks.md")
-    args = parser.parse_args()
-    if args.no_record:
-        os.environ["BENCH_NO_RECORD"] = "1"
-
-    from common import record
+    args = parse(parser)
 
     rows = run(args)
     record(f"Job store at scale: lists and the reconciler over {args.jobs} jobs of {args.teams} teams in "

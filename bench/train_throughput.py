@@ -106,7 +106,7 @@ def best_flops(operation, flops: float, device, repeats: int = 5) -> float:
     for _ in range(repeats + 1):
         operation()
         clock.tick()
-    return flops / min(later - earlier for earlier, later in zip(clock.stamps[1:], clock.stamps[2:]))
+    return flops / min(later - earlier for earlier, later in zip(clock.stamps[1:], clock.stamps[2:], strict=False))
 
 
 def matmul_flops(dtype, device, size: int) -> float:

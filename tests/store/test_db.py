@@ -13,45 +13,44 @@ from store.db import get_engine
 from store.models import Base
 
 
-def test_an_old_store_gains_the_callback_url_column(tmp_path):
+def old_store(tmp_path, *statements: str, rows: tuple[tuple[str, list[dict]], ...] = ()) -> str:
+    """A SQLite store as an older coscope left it: today's schema with ``statements`` applied, then ``rows``
+    (statement, parameter sets) inserted; returns its URL, for ``get_engine`` to open and upgrade."""
     url = f"sqlite:///{tmp_path / 'old.db'}"
     old = create_engine(url)
     Base.metadata.create_all(old)
     with old.begin() as connection:
-        connection.execute(text("ALTER TABLE jobs DROP COLUMN callback_url"))
+        for statement in statements:
+            connection.execute(text(statement))
+        for statement, parameters in rows:
+            connection.execute(text(statement), parameters)
     old.dispose()
+    return url
+
+
+def test_an_old_store_gains_the_callback_url_column(tmp_path):
+    url = old_store(tmp_path, "ALTER TABLE jobs DROP COLUMN callback_url")
     columns = {column["name"] for column in inspect(get_engine(url)).get_columns("jobs")}
     assert "callback_url" in columns
 
 
 def test_an_old_store_gains_the_throughput_column_filled_from_its_reports(tmp_path):
-    url = f"sqlite:///{tmp_path / 'old.db'}"
-    old = create_engine(url)
-    Base.metadata.create_all(old)
-    with old.begin() as connection:
-        connection.execute(text("ALTER TABLE jobs DROP COLUMN train_images_per_second"))
-        connection.execute(text("INSERT INTO api_keys (id, name, team, role, key_hash, created_at, revoked) "
-                                "VALUES ('k', 'k', 'a', 'member', 'h', '2026-01-01', 0)"))
-        for job_id, report in (("timed", '{"timing": {"train_images_per_second": 512.5}}'),
-                               ("dry", '{"dry_run": true}'), ("queued", None)):
-            connection.execute(text("INSERT INTO jobs (id, team, owner_key_id, tags, priority, queue, spec, "
-                                    "status, attempt, cancel_requested, progress, report, created_at) VALUES "
-                                    "(:id, 'a', 'k', '[]', 0, 'cpu', '{}', 'succeeded', 1, 0, '{}', :report, "
-                                    "'2026-01-01')"), {"id": job_id, "report": report})
-    old.dispose()
+    jobs = [{"id": job_id, "report": report}
+            for job_id, report in (("timed", '{"timing": {"train_images_per_second": 512.5}}'),
+                                   ("dry", '{"dry_run": true}'), ("queued", None))]
+    url = old_store(tmp_path, "ALTER TABLE jobs DROP COLUMN train_images_per_second",
+                    "INSERT INTO api_keys (id, name, team, role, key_hash, created_at, revoked) "
+                    "VALUES ('k', 'k', 'a', 'member', 'h', '2026-01-01', 0)",
+                    rows=(("INSERT INTO jobs (id, team, owner_key_id, tags, priority, queue, spec, status, attempt, "
+                           "cancel_requested, progress, report, created_at) VALUES (:id, 'a', 'k', '[]', 0, 'cpu', "
+                           "'{}', 'succeeded', 1, 0, '{}', :report, '2026-01-01')", jobs),))
     with get_engine(url).connect() as connection:
         rates = dict(connection.execute(text("SELECT id, train_images_per_second FROM jobs")).all())
     assert rates == {"timed": 512.5, "dry": None, "queued": None}
 
 
 def test_an_old_store_gains_the_list_and_reconciler_indexes(tmp_path):
-    url = f"sqlite:///{tmp_path / 'old.db'}"
-    old = create_engine(url)
-    Base.metadata.create_all(old)
-    with old.begin() as connection:
-        for index in ("ix_jobs_team_created", "ix_jobs_status_lease"):
-            connection.execute(text(f"DROP INDEX {index}"))
-    old.dispose()
+    url = old_store(tmp_path, "DROP INDEX ix_jobs_team_created", "DROP INDEX ix_jobs_status_lease")
     indexes = {index["name"] for index in inspect(get_engine(url)).get_indexes("jobs")}
     assert {"ix_jobs_team_created", "ix_jobs_team_status_created", "ix_jobs_status_lease"} <= indexes
 
