@@ -33,6 +33,7 @@ REDIS_DBS = {
     "bench.load_submit": 13,
     "tests.api.test_queue": 14,
     "tests.service.test_chaos::r5_visibility": 10,
+    "tests.api.conftest": 15,
 }
 REDIS_DB = REDIS_DBS["tests.service.test_integration"]  # Stack's default
 
@@ -48,6 +49,8 @@ def redis_db(owner: str) -> int:
 
 def redis_url(owner: str) -> str:
     return f"redis://127.0.0.1:6379/{redis_db(owner)}"
+
+
 POSTGRES_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 FAST_LEASES = {"COSCOPE_LEASE_SECONDS": "3", "COSCOPE_RECONCILE_SECONDS": "1",
                "COSCOPE_REQUEUE_QUEUED_AFTER_SECONDS": "20"}
@@ -74,9 +77,8 @@ class Stack:
         self.database: str | None = None
         self.redis_db = redis_db if mode == "distributed" else None
         if mode == "distributed":
-            self.database = f"coscope_test_{uuid.uuid4().hex[:10]}"
-            _postgres(f"CREATE DATABASE {self.database}")
-            self.env["COSCOPE_DATABASE_URL"] = f"postgresql://postgres@127.0.0.1:5432/{self.database}"
+            self.database = create_database()
+            self.env["COSCOPE_DATABASE_URL"] = postgres_url(self.database)
             if self.redis_db is not None:
                 self.env["COSCOPE_BROKER_URL"] = f"redis://127.0.0.1:6379/{self.redis_db}"
                 flush_redis(self.redis_db)
@@ -201,7 +203,7 @@ class Stack:
         if self.in_process:  # close the caller's own connections to the store before dropping it
             get_engine(self.database_url).dispose()
         if self.database is not None:
-            _postgres(f"DROP DATABASE IF EXISTS {self.database} WITH (FORCE)")
+            drop_database(self.database)
         if self.redis_db is not None:
             flush_redis(self.redis_db)
 
@@ -227,6 +229,21 @@ def _postgres(statement: str) -> None:
 
     with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as connection:
         connection.execute(statement)
+
+
+def create_database(prefix: str = "coscope_test") -> str:
+    """A new, empty PostgreSQL database on 127.0.0.1 under a random name (returned); ``drop_database`` after."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    _postgres(f"CREATE DATABASE {name}")
+    return name
+
+
+def drop_database(name: str) -> None:
+    _postgres(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def postgres_url(name: str) -> str:
+    return f"postgresql://postgres@127.0.0.1:5432/{name}"
 
 
 def flush_redis(db: int = REDIS_DB) -> None:

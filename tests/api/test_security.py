@@ -1,4 +1,6 @@
-"""The S1-S19 security checks of shared/reference/reliability.md B4, in process (TestClient, SQLite).
+"""The S1-S19 security checks of shared/reference/reliability.md B4, in process (TestClient), each on both
+stores a deployment can have: the embedded default (SQLite, SQLite broker) and production's PostgreSQL + Redis
+(``store_backend`` in conftest.py: a database per test, the API tests' Redis DB).
 
 Webhook delivery (S12 at send time) is in test_webhooks.py, the unit tests behind S9-S11 in
 test_limits.py, ``safe_join`` (S13) in test_paths.py and the admin routes (S19) in routes/test_admin.py.
@@ -57,6 +59,11 @@ ROUTES = [(method, path) for method, path in ALL_ROUTES if path not in PUBLIC_RO
 def _fill(path: str, job_id: str | None = None) -> str:
     values = {"name": "report.json", "job_id": job_id}
     return re.sub(r"\{(\w+)\}", lambda m: values.get(m.group(1)) or str(uuid.uuid4()), path)
+
+
+@pytest.fixture
+def settings(store_backend, tmp_path):
+    return Settings(home=tmp_path, **store_backend)
 
 
 def _submit(client, headers, **body):
@@ -176,7 +183,8 @@ def test_job_response_has_only_public_fields(client, settings):
     response = _submit(client, key_headers(settings), callback_url=PUBLIC_HOOK)
     assert set(response.json()) == set(JobPublic.model_fields)
     text = response.text
-    assert str(settings.home) not in text and "sqla+sqlite" not in text and PUBLIC_HOOK not in text
+    assert all(secret not in text for secret in (str(settings.home), settings.database, settings.broker,
+                                                 "sqla+sqlite", "redis://", "postgresql://", PUBLIC_HOOK))
 
 
 def test_worker_error_messages_hide_server_paths(client, settings):
@@ -310,8 +318,8 @@ def test_a_5_mib_body_is_413(client, settings, chunked):
     assert response.json() == {"detail": "Request body too large (limit 1048576 bytes)"}
 
 
-def test_active_job_quota_is_429_per_team(tmp_path):
-    settings = Settings(home=tmp_path, team_max_active_jobs=2)
+def test_active_job_quota_is_429_per_team(tmp_path, store_backend):
+    settings = Settings(home=tmp_path, **store_backend, team_max_active_jobs=2)
     with TestClient(create_app(settings, reconcile=False)) as client:
         a, b = key_headers(settings, team="a"), key_headers(settings, team="b")
         first = _submit(client, a).json()
@@ -324,8 +332,8 @@ def test_active_job_quota_is_429_per_team(tmp_path):
         assert _submit(client, a).status_code == 201  # a finished job frees a slot
 
 
-def test_submission_rate_is_429_per_team(tmp_path):
-    settings = Settings(home=tmp_path, team_submits_per_minute=3)
+def test_submission_rate_is_429_per_team(tmp_path, store_backend):
+    settings = Settings(home=tmp_path, **store_backend, team_submits_per_minute=3)
     with TestClient(create_app(settings, reconcile=False)) as client:
         a, b = key_headers(settings, team="a"), key_headers(settings, team="b")
         assert [_submit(client, a).status_code for _ in range(3)] == [201, 201, 201]
@@ -515,6 +523,18 @@ def test_development_allows_the_placeholder_with_a_warning(tmp_path, caplog):
 
 
 # ---- S18: idempotency -------------------------------------------------------------------------------
+
+
+def test_idempotency_key_replays_the_same_job_and_refuses_another_body(client, settings):
+    headers = {**key_headers(settings), "Idempotency-Key": "abc"}
+    first = _submit(client, headers)
+    again = _submit(client, headers)
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert first.json()["id"] == again.json()["id"]
+    other = client.post("/v1/jobs", json={"spec": {**SPEC, "seed": 1}}, headers=headers)
+    assert other.status_code == 422
+    assert other.json()["detail"][0]["loc"] == ["header", "Idempotency-Key"]
+    assert client.get("/v1/jobs", headers=headers).json()["count"] == 1
 
 
 def test_idempotency_keys_are_scoped_to_the_api_key(client, settings):
