@@ -44,7 +44,7 @@ import httpx
 from common import ROOT, record, spread
 from load_submit import DRY_RUN_SPEC, percentile, settings_env
 
-from coscope.harness import Stack, child_pids
+from coscope.harness import Stack, child_pids, listening_port
 
 POLL_SECONDS = 0.2  # job status polling in the service arm
 HEALTH_POLL_SECONDS = 0.01  # /healthz polling during a cold start
@@ -83,7 +83,9 @@ def api_client(stack: Stack) -> httpx.Client:
 def cold_start(stack: Stack) -> float:
     """Spawn ``coscope serve --no-worker``; seconds until /healthz first answers 200."""
     started = time.perf_counter()  # the harness's start_api() polls too coarsely to time a start
-    process = stack.spawn("serve", "--port", str(stack.port), "--no-worker", log="api.log")
+    process = stack.spawn("serve", "--port", "0", "--no-worker", log="api.log")
+    stack.port = listening_port(stack.home / "api.log", process)
+    stack.url = f"http://127.0.0.1:{stack.port}"
     while process.poll() is None:
         try:
             if httpx.get(f"{stack.url}/healthz", timeout=5).status_code == 200:

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 from core.co import VERDICTS  # pure, no torch
-from store.status import JOB_STATES
 from coscope.client import (
     TERMINAL_STATUSES,
     ClientError,
@@ -31,6 +30,7 @@ from coscope.client import (
     ServerUnreachable,
     resolve_connection,
 )
+from store.status import JOB_STATES
 
 CLIENT_COMMANDS = frozenset({"submit", "status", "watch", "cancel", "download", "jobs"})
 STATUSES = JOB_STATES

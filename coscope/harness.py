@@ -10,6 +10,7 @@ and ``bench/service_overhead.py`` use it as it is.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -56,11 +57,29 @@ FAST_LEASES = {"COSCOPE_LEASE_SECONDS": "3", "COSCOPE_RECONCILE_SECONDS": "1",
                "COSCOPE_REQUEUE_QUEUED_AFTER_SECONDS": "20"}
 
 
+UVICORN_LISTENING = re.compile(rb"Uvicorn running on http://[^:]+:(\d+)")
+
+
 def free_port() -> int:
-    """A loopback port the kernel just handed out (bind to port 0): for every server a test starts."""
+    """A loopback port the kernel just handed out (bind to port 0), for a server that cannot bind port 0 itself
+    (redis-server reads port 0 as "no TCP"). The API binds port 0 itself (``listening_port``)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def listening_port(log: Path, process: subprocess.Popen, since: int = 0, timeout: float = 60) -> int:
+    """The port a ``coscope serve --port 0`` process bound, from uvicorn's start-up line in ``log`` (written
+    after byte offset ``since``): the kernel chose it, so no other process can hold it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        text = log.read_bytes()[since:] if log.exists() else b""
+        match = UVICORN_LISTENING.search(text)
+        if match:
+            return int(match.group(1))
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"API did not start:\n{text[-5000:].decode(errors='replace')}")
+        time.sleep(0.1)
 
 
 class Stack:
@@ -83,8 +102,8 @@ class Stack:
                 self.env["COSCOPE_BROKER_URL"] = f"redis://127.0.0.1:6379/{self.redis_db}"
                 flush_redis(self.redis_db)
         self.env.update(env or {})
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.port: int | None = None  # the first API's, once started
+        self.url = ""
         self.processes: list[subprocess.Popen] = []
         self.workers: list[subprocess.Popen] = []
         self.in_process = False  # whether the test process opened the store itself (settings())
@@ -102,13 +121,17 @@ class Stack:
         self.processes.append(process)
         return process
 
-    def start_api(self, worker: bool | None = False, *, port: int | None = None,
-                  env: dict[str, str] | None = None, log: str = "api.log") -> subprocess.Popen:
-        """``coscope serve``; ``worker`` None passes no flag (the default: a worker when embedded). ``port``,
-        ``env`` and ``log`` start a further API process on the same store (own reconciler and settings)."""
+    def start_api(self, worker: bool | None = False, *, env: dict[str, str] | None = None,
+                  log: str = "api.log") -> subprocess.Popen:
+        """``coscope serve`` on a port the kernel picks; ``worker`` None passes no flag (the default: a worker
+        when embedded). The first API's port and URL become ``port`` and ``url``; ``env`` and ``log`` start a
+        further API process on the same store (own reconciler and settings)."""
         flags = [] if worker is None else ["--worker" if worker else "--no-worker"]
-        port = port or self.port
-        process = self.spawn("serve", "--port", str(port), *flags, log=log, env=env)
+        since = self.log_size(log)
+        process = self.spawn("serve", "--port", "0", *flags, log=log, env=env)
+        port = listening_port(self.home / log, process, since)
+        if self.port is None:
+            self.port, self.url = port, f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:

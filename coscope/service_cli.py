@@ -13,7 +13,7 @@ from typing import Any
 def add_service_commands(commands: Any) -> None:
     serve = commands.add_parser("serve", help="run the HTTP API (with an embedded worker by default)")
     serve.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=None, help="port (default 8000)")
+    serve.add_argument("--port", type=int, default=None, help="port (default 8000; 0: one the kernel picks)")
     mode = serve.add_mutually_exclusive_group()
     mode.add_argument("--worker", dest="worker", action="store_true", default=None,
                       help="also run a worker process (the default without COSCOPE_BROKER_URL)")
@@ -106,7 +106,7 @@ def _serve(args: argparse.Namespace, settings: Any) -> int:
 
     from api.main import create_app
 
-    host, port = args.host or settings.host, args.port or settings.port
+    host, port = args.host or settings.host, settings.port if args.port is None else args.port
     settings.home.mkdir(parents=True, exist_ok=True)
     key_file = _first_key(settings)
     embedded = settings.broker_url is None
@@ -114,8 +114,9 @@ def _serve(args: argparse.Namespace, settings: Any) -> int:
     if args.worker or (args.worker is None and embedded):
         worker = subprocess.Popen(worker_command("gpu,cpu", "embedded"), start_new_session=True,
                                   preexec_fn=_die_with_parent)
+    address = f"http://{host}:{port}" if port else f"http://{host}:<the port in uvicorn's line below>"
     sys.stderr.write(
-        f"coscope API on http://{host}:{port} (OpenAPI docs: http://{host}:{port}/docs)\n"
+        f"coscope API on {address} (OpenAPI docs: {address}/docs)\n"
         f"job store {settings.database.split('@')[-1]}, broker {settings.broker.split('@')[-1]}, "
         f"{'embedded worker' if worker else 'no worker in this process'}\n"
         + (f"first admin API key written to {key_file}; clients read it from there, or send "

@@ -38,7 +38,7 @@ class Settings(BaseSettings):
     # to start unless it exceeds the hard per-job time limit (worker.celery_app).
     visibility_timeout_seconds: float = Field(48 * 3600.0, gt=0)
     host: str = "127.0.0.1"
-    port: int = Field(8000, ge=1, le=65535)
+    port: int = Field(8000, ge=0, le=65535)  # 0: a free port the kernel picks (uvicorn logs which)
     # Limits per team, enforced by the API. The budget is in image-passes (core/cost.py): one forward+backward
     # pass of one image through a width-64 PreActResNet18; the paper's 30-epoch FGSM run on 50k images costs
     # about 9e6.

@@ -3,13 +3,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 
-from coscope.harness import free_port
+from coscope.harness import Stack
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -119,10 +117,9 @@ def _service_env(home: Path, **settings: str) -> dict[str, str]:
 @pytest.mark.parametrize("command", [["serve", "--no-worker"], ["worker"]], ids=["serve", "worker"])
 def test_production_with_a_placeholder_secret_refuses_to_start(tmp_path, command, secret):
     """S17: the real process exits non-zero at start-up, says why, and never listens."""
-    port = free_port()
     env = _service_env(tmp_path / "home", COSCOPE_ENV="production", COSCOPE_WEBHOOK_SECRET=secret)
     process = subprocess.Popen([sys.executable, "-m", "coscope.cli", *command, *(
-        ["--port", str(port)] if command[0] == "serve" else [])], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+        ["--port", "0"] if command[0] == "serve" else [])], cwd=ROOT, env=env, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         out, err = process.communicate(timeout=90)
@@ -137,25 +134,12 @@ def test_production_with_a_placeholder_secret_refuses_to_start(tmp_path, command
 
 
 def test_development_starts_with_the_placeholder_and_warns(tmp_path):
-    port = free_port()
-    env = _service_env(tmp_path / "home", COSCOPE_ENV="development", COSCOPE_WEBHOOK_SECRET="changethis")
-    log = tmp_path / "serve.log"
-    with open(log, "wb") as handle:
-        process = subprocess.Popen([sys.executable, "-m", "coscope.cli", "serve", "--no-worker", "--port",
-                                    str(port)], cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+    stack = Stack("embedded", tmp_path / "home",
+                  env={"COSCOPE_ENV": "development", "COSCOPE_WEBHOOK_SECRET": "changethis"})
+    stack.home.mkdir()
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert process.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(0.3)
-        assert "COSCOPE_WEBHOOK_SECRET is a placeholder (allowed in development only)" in log.read_text()
+        stack.start_api()  # answers /healthz on the port it bound
+        assert stack.port not in (0, 8000) and f":{stack.port}" in stack.log("api.log")
+        assert "COSCOPE_WEBHOOK_SECRET is a placeholder (allowed in development only)" in stack.log("api.log")
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=60)
+        stack.close()

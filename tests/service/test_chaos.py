@@ -534,6 +534,8 @@ class PrivateRedis:
     """A throwaway redis-server on a free loopback port, without persistence (a restart loses everything)."""
 
     def __init__(self, home: Path) -> None:
+        # redis-server cannot bind port 0 (it means "no TCP"), so the port is fixed here, before the stack
+        # that names it in its broker URL starts; a port taken meanwhile fails start() with redis' own words
         self.port, self.home = free_port(), home
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.process: subprocess.Popen | None = None
@@ -546,7 +548,8 @@ class PrivateRedis:
              "--appendonly", "no", "--daemonize", "no", "--dir", str(self.home)],
             stdout=open(self.home / "redis.log", "ab"), stderr=subprocess.STDOUT, start_new_session=True)
         client = redis.Redis(port=self.port)
-        wait_until(lambda: _pings(client), 30, "redis-server to accept connections")
+        wait_until(lambda: _pings(client) or self.process.poll() is not None, 30, "redis-server to start")
+        assert self.process.poll() is None, (self.home / "redis.log").read_text()[-2000:]
 
     def kill(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -585,8 +588,7 @@ def test_r8_broker_flush_loses_queued_messages_and_the_reconciler_resends_them(c
     broker.flushdb()  # as a Redis restart without persistence would: messages, unacked hash, bindings
     assert broker.llen("cpu") == 0
     # a reconciler that re-sends queued jobs after 3 s (a second API process on the same store)
-    reconciler = stack.start_api(port=free_port(), env={"COSCOPE_REQUEUE_QUEUED_AFTER_SECONDS": "3"},
-                                 log="api-r8.log")
+    reconciler = stack.start_api(env={"COSCOPE_REQUEUE_QUEUED_AFTER_SECONDS": "3"}, log="api-r8.log")
     try:
         started = time.monotonic()
         wait_until(lambda: all((job_row(stack, job["id"])["enqueued_at"] or flushed_at) > flushed_at
