@@ -53,6 +53,9 @@ def redis_url(owner: str) -> str:
 
 
 POSTGRES_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+# Every wall-clock deadline of the harness and the service tests is multiplied by COSCOPE_TEST_SLOWNESS
+# (default 1: the 2-core development machine under a full test run; e.g. 3 on a machine three times slower)
+SLOWNESS = float(os.environ.get("COSCOPE_TEST_SLOWNESS", "1"))
 FAST_LEASES = {"COSCOPE_LEASE_SECONDS": "3", "COSCOPE_RECONCILE_SECONDS": "1",
                "COSCOPE_REQUEUE_QUEUED_AFTER_SECONDS": "20"}
 
@@ -71,7 +74,7 @@ def free_port() -> int:
 def listening_port(log: Path, process: subprocess.Popen, since: int = 0, timeout: float = 60) -> int:
     """The port a ``coscope serve --port 0`` process bound, from uvicorn's start-up line in ``log`` (written
     after byte offset ``since``): the kernel chose it, so no other process can hold it."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + timeout * SLOWNESS
     while True:
         text = log.read_bytes()[since:] if log.exists() else b""
         match = UVICORN_LISTENING.search(text)
@@ -132,7 +135,7 @@ class Stack:
         port = listening_port(self.home / log, process, since)
         if self.port is None:
             self.port, self.url = port, f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 60 * SLOWNESS
         while time.monotonic() < deadline:
             try:
                 if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
@@ -180,7 +183,7 @@ class Stack:
 
     def wait_for_log(self, name: str, text: str, timeout: float = 60, since: int = 0) -> str:
         """Wait until ``text`` appears in log ``name`` after byte offset ``since``; return that part."""
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + timeout * SLOWNESS
         while True:
             part = self.log_since(name, since)
             if text in part:

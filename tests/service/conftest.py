@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from coscope.harness import Stack, redis_db
+from coscope.harness import SLOWNESS, Stack, redis_db
 
 
 def job_spec(epochs: int = 2, train_size: int = 128) -> dict:
@@ -42,7 +42,7 @@ class Api:
     def events(self, job_id: str, until: str | None = None, timeout: float = 180) -> list[dict]:
         """Read the SSE stream until it ends (the job finished) or an event of type ``until`` arrives."""
         events: list[dict] = []
-        with self.http.stream("GET", f"/v1/jobs/{job_id}/events", timeout=timeout) as response:
+        with self.http.stream("GET", f"/v1/jobs/{job_id}/events", timeout=timeout * SLOWNESS) as response:
             assert response.status_code == 200
             current: dict = {}
             for line in response.iter_lines():
@@ -60,7 +60,7 @@ class Api:
         return events
 
     def wait_finished(self, job_id: str, timeout: float = 180) -> dict:
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + timeout * SLOWNESS
         while time.monotonic() < deadline:
             job = self.job(job_id)
             if job["status"] in ("succeeded", "failed", "cancelled"):

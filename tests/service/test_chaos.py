@@ -100,7 +100,7 @@ from typing import Any
 import httpx
 import pytest
 
-from coscope.harness import Stack, child_pids, free_port, redis_db
+from coscope.harness import FAST_LEASES, SLOWNESS, Stack, child_pids, free_port, redis_db
 from tests.conftest import DIVERGING
 from tests.service.conftest import Api, job_spec
 
@@ -111,8 +111,13 @@ POISON_SEED = 70001  # worker-side fault injection (worker.runner._test_faults)
 CHAOS_REDIS_DB = redis_db(__name__)  # the distributed chaos stack's DB on the shared Redis
 TIME_LIMIT_SECONDS = 12  # R11's worker: a 1-epoch job takes 2-5 s on a loaded 2-core machine
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # torch in a job: the 2 CPU cores are shared with the API and pytest
-CANCEL_SECONDS = 10  # R12: heartbeat (1 s) + one step + checkpoint + write, with room for a loaded CPU
-RECONCILE_SECONDS = 1.0  # FAST_LEASES in conftest
+# Wall-clock bounds scale with COSCOPE_TEST_SLOWNESS (coscope.harness.SLOWNESS): every deadline, and the R9
+# and R12 latency bounds
+CANCEL_SECONDS = 10 * SLOWNESS  # R12: heartbeat (1 s) + one step + checkpoint + write, with room for a loaded CPU
+LEASE_SECONDS = float(FAST_LEASES["COSCOPE_LEASE_SECONDS"])  # the stacks' (coscope.harness)
+RECONCILE_SECONDS = float(FAST_LEASES["COSCOPE_RECONCILE_SECONDS"])
+# "nothing more happens": two full lease expiries plus reconciler passes, so a requeue would have shown
+QUIET_SECONDS = 2 * (LEASE_SECONDS + RECONCILE_SECONDS)
 FINISHED = ("succeeded", "failed", "cancelled")
 WORKER_LOST = "Worker exited prematurely: signal 9 (SIGKILL)"  # Celery's log line when a child is killed
 
@@ -248,13 +253,13 @@ def create_job_in_store(stack: Stack, spec: dict) -> str:
 
 
 def wait_until(condition: Callable[[], Any], timeout: float, what: str, every: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + timeout * SLOWNESS
     while True:
         value = condition()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+            raise AssertionError(f"timed out after {timeout * SLOWNESS:g}s waiting for {what}")
         time.sleep(every)
 
 
@@ -353,11 +358,11 @@ def test_r3_poison_job_fails_after_max_attempts_without_a_hot_loop_and_the_queue
     assert final["attempt"] == MAX_ATTEMPTS
 
     # Celery reports a lost child only after worker_lost_wait (10 s), then requeues its message: wait until
-    # every kill was reported and every delivery handled (an outcome, or a lost child), twice 4 s apart
+    # every kill was reported and every delivery handled (an outcome, or a lost child), twice QUIET_SECONDS apart
     wait_until(lambda: deliveries(stack.log_since(log, since))["lost"] >= MAX_ATTEMPTS, 90,
                "the worker to report every lost child", every=0.5)
     idle_log(stack, log)
-    time.sleep(4 * RECONCILE_SECONDS)
+    time.sleep(QUIET_SECONDS)
     idle_log(stack, log)
     part = stack.log_since(log, since)
     counts = deliveries(part)
@@ -624,7 +629,7 @@ def test_r9_submit_while_the_broker_is_down_is_queued_then_delivered_once_it_is_
         started = time.monotonic()
         response = api.http.post("/v1/jobs", json={"spec": job_spec(epochs=1)})
         assert response.status_code == 201 and response.json()["status"] == "queued", response.text
-        assert time.monotonic() - started < 20
+        assert time.monotonic() - started < 20 * SLOWNESS
         assert "Traceback" not in response.text and "redis" not in response.text.lower()
         ready = httpx.get(f"{stack.url}/readyz", timeout=30)
         assert ready.status_code == 503 and ready.json()["broker"] == "unreachable", ready.text
@@ -700,7 +705,7 @@ def test_r10_diverged_job_fails_once_and_is_not_retried(chaos):
                                  for name, values in DIVERGING.items()}})
     final = api.wait_finished(job["id"])
     assert (final["status"], final["error"]["code"], final["attempt"]) == ("failed", "diverged", 1), final
-    time.sleep(4 * RECONCILE_SECONDS)
+    time.sleep(QUIET_SECONDS)
     again = api.job(job["id"])
     assert (again["status"], again["attempt"]) == ("failed", 1) and claims(stack, job["id"]) == 1
     assert job_row(stack, job["id"])["lease_expires_at"] is None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+from coscope.harness import SLOWNESS
 from tests.service.conftest import Api, job_spec
 
 
@@ -90,7 +91,7 @@ def test_sigkill_of_the_worker_resumes_from_the_last_checkpoint_as_attempt_2(sta
     worker = stack.start_worker()
     api = Api(stack.url, stack.admin_key())
     job = api.submit(job_spec(epochs=6, train_size=256))  # 8 steps per epoch
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 120 * SLOWNESS
     while api.job(job["id"]).get("progress", {}).get("epoch", 0) < 2:  # epochs 0 and 1 are checkpointed
         assert time.monotonic() < deadline, stack.log("worker0.log")
         time.sleep(0.2)
