@@ -52,13 +52,17 @@ def main(argv: list[str] | None = None) -> int:
 def _report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from core.report import render_run
-
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():  # not a local run folder: a job on the server
         from coscope.client_cli import show_report
 
         return show_report(args.run_dir, args.server, args.key)
+    from coscope.service_cli import missing_trainer
+
+    if missing_trainer("report"):  # rendering a run folder's plots needs matplotlib
+        return 2
+    from core.report import render_run
+
     if not (run_dir / "report.json").is_file() or not (run_dir / "metrics.jsonl").is_file():
         sys.stderr.write(f"coscope: {run_dir} has no report.json and metrics.jsonl (is the run finished?)\n")
         return 2
@@ -114,6 +118,10 @@ def _train(args: argparse.Namespace) -> int:
     spec = _load_spec(args.spec)
     if spec.dry_run:
         return _dry_run(spec, args)
+    from coscope.service_cli import missing_trainer
+
+    if missing_trainer("train"):
+        return 2
     from tqdm import tqdm
 
     from core.errors import Cancelled, JobError

@@ -31,6 +31,21 @@ def add_service_commands(commands: Any) -> None:
     create.add_argument("--role", choices=("member", "admin"), default="member")
 
 
+TRAINER_PACKAGES = ("torch", "torchvision", "numpy", "matplotlib")  # the [worker] extra (pyproject.toml)
+
+
+def missing_trainer(command: str, hint: str = "") -> bool:
+    """True, after saying what to install, when this installation lacks the trainer (the ``[worker]`` extra):
+    the bare package is the client and the API only."""
+    import importlib.util
+
+    missing = [name for name in TRAINER_PACKAGES if importlib.util.find_spec(name) is None]
+    if missing:
+        sys.stderr.write(f"coscope {command}: needs the trainer ({', '.join(missing)} not installed): "
+                         f"pip install 'coscope[worker]'{hint}\n")
+    return bool(missing)
+
+
 def run_service_command(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
@@ -54,6 +69,8 @@ def run_service_command(args: argparse.Namespace) -> int:
         sys.stdout.write(key + "\n")
         return 0
     if args.command == "worker":
+        if missing_trainer("worker"):
+            return 2
         try:  # the worker's own start-up checks (time limit, visibility timeout), without a Celery traceback
             import worker.celery_app  # noqa: F401  (no torch: see its docstring)
         except ValueError as error:
@@ -107,11 +124,13 @@ def _serve(args: argparse.Namespace, settings: Any) -> int:
     from api.main import create_app
 
     host, port = args.host or settings.host, settings.port if args.port is None else args.port
+    with_worker = args.worker or (args.worker is None and settings.broker_url is None)  # embedded default
+    if with_worker and missing_trainer("serve", " (or 'coscope serve --no-worker' for the API alone)"):
+        return 2
     settings.home.mkdir(parents=True, exist_ok=True)
     key_file = _first_key(settings)
-    embedded = settings.broker_url is None
     worker = None
-    if args.worker or (args.worker is None and embedded):
+    if with_worker:
         worker = subprocess.Popen(worker_command("gpu,cpu", "embedded"), start_new_session=True,
                                   preexec_fn=_die_with_parent)
     address = f"http://{host}:{port}" if port else f"http://{host}:<the port in uvicorn's line below>"
