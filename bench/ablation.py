@@ -60,6 +60,7 @@ ARMS = {
     "nfgsm-eps8.cifar10-constants": ("nfgsm-eps8", {"dataset": {"normalization": "cifar10"}}),
     "b2-beta4-eps6.keep-last-batch": ("b2-beta4-eps6", {"training": {"last_batch": "keep"}}),
     "b2-beta4-eps6.he-block": ("b2-beta4-eps6", {"model": {"arch": "preact_resnet18_he"}}),
+    "b1-plain-eps6.he-block": ("b1-plain-eps6", {"model": {"arch": "preact_resnet18_he"}}),
 }
 
 
