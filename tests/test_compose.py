@@ -15,7 +15,8 @@ from store.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
-SERVICES = {"api", "worker", "redis", "postgres", "flower"}
+SERVICES = {"api", "worker", "worker-cpu", "redis", "postgres", "flower"}
+WORKERS = ["worker", "worker-cpu"]
 NON_SETTINGS_ENV = {"CUDA_VISIBLE_DEVICES"}  # read by CUDA, not by coscope
 SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|CREDENTIAL|API_KEY|BASIC_AUTH|PRIVATE", re.IGNORECASE)
 INTERPOLATION = re.compile(r"\$\{(\w+)([^}]*)\}")
@@ -58,11 +59,11 @@ def instructions(dockerfile: Path) -> list[tuple[str, str]]:
             for line in (raw.strip() for raw in text.splitlines()) if line]
 
 
-def test_compose_defines_the_five_services(compose: dict[str, Any]) -> None:
+def test_compose_defines_the_services(compose: dict[str, Any]) -> None:
     assert set(compose["services"]) == SERVICES
 
 
-@pytest.mark.parametrize("name", ["api", "worker"])
+@pytest.mark.parametrize("name", ["api", *WORKERS])
 def test_coscope_env_names_are_settings_fields(compose: dict[str, Any], name: str) -> None:
     allowed = {f"COSCOPE_{field.upper()}" for field in Settings.model_fields} | NON_SETTINGS_ENV
     env = environment(compose["services"][name])
@@ -72,7 +73,7 @@ def test_coscope_env_names_are_settings_fields(compose: dict[str, Any], name: st
     assert env["COSCOPE_ENV"] == "production"
 
 
-@pytest.mark.parametrize("name", ["api", "worker"])
+@pytest.mark.parametrize("name", ["api", *WORKERS])
 def test_coscope_env_makes_valid_production_settings(compose: dict[str, Any], name: str) -> None:
     env = environment(compose["services"][name])
     fields = {key.removeprefix("COSCOPE_").lower(): interpolate(value) for key, value in env.items()
@@ -83,17 +84,23 @@ def test_coscope_env_makes_valid_production_settings(compose: dict[str, Any], na
 
 
 def test_api_and_worker_share_the_artifacts_volume_at_coscope_home(compose: dict[str, Any]) -> None:
-    for name in ("api", "worker"):
+    for name in ("api", *WORKERS):
         service = compose["services"][name]
         assert f"artifacts:{environment(service)['COSCOPE_HOME']}" in service["volumes"]
     assert "artifacts" in compose["volumes"]
 
 
-def test_every_interpolation_is_required_without_a_default() -> None:
+DEFAULTED = {"COSCOPE_DATA_DIR": ":-./data"}  # the only variables with a default: no secrets among them
+
+
+def test_every_interpolation_but_the_data_folder_is_required_without_a_default() -> None:
     found = INTERPOLATION.findall(COMPOSE_FILE.read_text())
     assert {name for name, _ in found} >= {"POSTGRES_PASSWORD", "COSCOPE_WEBHOOK_SECRET", "FLOWER_BASIC_AUTH"}
     for name, modifier in found:
-        assert modifier.startswith(":?"), f"${{{name}{modifier}}} must be required (${{{name}:?...}})"
+        if name in DEFAULTED:
+            assert modifier == DEFAULTED[name] and not SECRET_NAME.search(name), (name, modifier)
+        else:
+            assert modifier.startswith(":?"), f"${{{name}{modifier}}} must be required (${{{name}:?...}})"
 
 
 def test_secret_looking_env_values_come_from_required_variables(compose: dict[str, Any]) -> None:
@@ -111,6 +118,21 @@ def test_worker_reserves_one_gpu(compose: dict[str, Any]) -> None:
     assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
     assert environment(worker)["CUDA_VISIBLE_DEVICES"] == "0"
     assert "--queues" in worker["command"] and "gpu" in worker["command"]
+
+
+def test_cpu_worker_is_an_opt_in_profile_without_a_gpu(compose: dict[str, Any]) -> None:
+    """``--profile cpu`` adds a worker for CPU-only machines: both queues (no GPU worker may be there to take
+    the gpu queue), no GPU reservation, CPU-only torch; every other service runs without a profile."""
+    cpu = compose["services"]["worker-cpu"]
+    assert cpu["profiles"] == ["cpu"]
+    assert "deploy" not in cpu and "CUDA_VISIBLE_DEVICES" not in environment(cpu)
+    queues = cpu["command"][cpu["command"].index("--queues") + 1].split(",")
+    assert set(queues) == {"cpu", "gpu"}
+    assert cpu["build"]["dockerfile"] == compose["services"]["worker"]["build"]["dockerfile"]
+    assert cpu["build"]["args"]["TORCH_INDEX_URL"].endswith("/cpu")
+    assert cpu["image"] != compose["services"]["worker"]["image"]
+    profiled = [name for name, service in compose["services"].items() if service.get("profiles")]
+    assert profiled == ["worker-cpu"]
 
 
 def test_api_runs_without_an_embedded_worker(compose: dict[str, Any]) -> None:
@@ -134,7 +156,7 @@ def test_healthchecks(compose: dict[str, Any], name: str, probe: str) -> None:
 
 
 def test_dependencies_wait_for_healthy_services(compose: dict[str, Any]) -> None:
-    for name in ("api", "worker", "flower"):
+    for name in ("api", *WORKERS, "flower"):
         depends_on = compose["services"][name]["depends_on"]
         assert isinstance(depends_on, dict), f"{name}: depends_on needs conditions"
         assert {dependency["condition"] for dependency in depends_on.values()} == {"service_healthy"}
@@ -149,7 +171,7 @@ def test_flower_requires_basic_auth(compose: dict[str, Any]) -> None:
 
 def test_builds_point_at_existing_dockerfiles(compose: dict[str, Any]) -> None:
     found = dockerfiles(compose)
-    assert set(found) == {"api", "worker"}
+    assert set(found) == {"api", *WORKERS}
     for path in found.values():
         assert path.is_file(), path
 
@@ -257,3 +279,17 @@ def test_only_the_api_and_flower_publish_ports(compose: dict[str, Any]) -> None:
 ])
 def test_the_port_parser_reads_every_syntax(entry: Any, expected: dict[str, str]) -> None:
     assert published_ports({"ports": [entry]}) == [expected]
+
+
+def test_final_stages_run_nothing_and_builds_share_their_first_layers(compose: dict[str, Any]) -> None:
+    """Build-time mounts (pip mirrors, CA bundles: tests/containers/images.py) leave their mount points in the
+    layer of every RUN step they are given to, so the shipped stage has none. The worker's build stage
+    begins with the API's steps, up to the API's dependencies, so the two builds share those layers."""
+    steps = {name: instructions(path) for name, path in dockerfiles(compose).items()}
+    for name, found in steps.items():
+        final = found[max(i for i, (instruction, _) in enumerate(found) if instruction == "FROM"):]
+        assert "RUN" not in [instruction for instruction, _ in final], name
+    api, worker = steps["api"], steps["worker"]
+    shared = next(i for i, step in enumerate(api) if step[0] == "RUN" and "pip install -r" in step[1]) + 1
+    assert worker[:shared] == api[:shared]
+    assert steps["worker-cpu"] == worker

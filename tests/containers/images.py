@@ -1,0 +1,127 @@
+"""Building coscope's images with podman on this machine (the container test and bench/container_images.py).
+
+The Dockerfiles default to python:3.11-slim and PyPI. Here no image registry is reachable, so the builds use
+the local Debian base image of scripts/container_images.sh, and pip gets this machine's own configuration
+(local indexes, wheel folders, CA bundle) at build time only: a pip.conf as a build secret plus read-only
+mounts of the local folders it names. Neither is part of a layer, and the final stage (the image) has no
+RUN step that could keep a mount point, so nothing of this machine ends up in an image.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+ROOT = Path(__file__).resolve().parents[2]
+BASE_IMAGE = os.environ.get("COSCOPE_BASE_IMAGE", "localhost/debian-py311:bookworm")
+PYTHON = os.environ.get("COSCOPE_BASE_PYTHON", "python3.11")  # a bare Debian image has no `python3`
+REDIS_IMAGE = os.environ.get("COSCOPE_TEST_REDIS_IMAGE", "localhost/coscope-test-redis:bookworm")
+POSTGRES_IMAGE = os.environ.get("COSCOPE_TEST_POSTGRES_IMAGE", "localhost/coscope-test-postgres:bookworm")
+PYPI = "https://pypi.org/simple"
+
+
+def podman(*args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(["podman", *args], check=check, timeout=timeout, text=True, capture_output=True)
+
+
+def base_images() -> None:
+    """The Debian base, redis and PostgreSQL images, built when podman lacks them (about 5 minutes once)."""
+    names = {"COSCOPE_BASE_IMAGE": BASE_IMAGE, "COSCOPE_TEST_REDIS_IMAGE": REDIS_IMAGE,
+             "COSCOPE_TEST_POSTGRES_IMAGE": POSTGRES_IMAGE}
+    subprocess.run(["bash", str(ROOT / "scripts" / "container_images.sh")], check=True, timeout=1800,
+                   env={**os.environ, **names})
+
+
+def host_pip_config() -> dict[str, list[str]]:
+    """This machine's pip settings that say where packages come from (``pip config list``, env included)."""
+    listed = subprocess.run([str(ROOT / ".venv" / "bin" / "python"), "-m", "pip", "config", "list"],
+                            capture_output=True, text=True, check=False).stdout
+    found: dict[str, list[str]] = {}
+    for line in listed.splitlines():
+        key, _, value = line.partition("=")
+        name = key.rsplit(".", 1)[-1]
+        if name in ("index-url", "extra-index-url", "find-links", "cert"):
+            found[name] = value.strip().strip("'\"").split()  # a later source (env) overrides an earlier one
+    return found
+
+
+def local_path(location: str) -> str | None:
+    if location.startswith("file://"):
+        return urlparse(location).path
+    return location if location.startswith("/") else None
+
+
+def pip_options(folder: Path) -> list[str]:
+    """``podman build`` options giving the build's pip this machine's package sources: a pip.conf as the
+    ``pipconf`` secret the Dockerfiles mount at /etc/pip.conf, and the local folders and CA bundle it names,
+    mounted read-only at their own paths (only RUN steps of the build stage, which has all of them, see
+    them). Local indexes come first, so a package that is on local disk and on PyPI alike (torch, gigabytes)
+    comes from the disk (pip takes the first of equally good candidates); PyPI serves the rest."""
+    config = host_pip_config()
+    indexes = config.get("index-url", [PYPI]) + config.get("extra-index-url", [])
+    indexes = [url for url in indexes if local_path(url)] + [url for url in indexes if not local_path(url)]
+    lines = ["[global]", f"index-url = {indexes[0]}"]
+    if indexes[1:]:
+        lines.append("extra-index-url = " + " ".join(indexes[1:]))
+    if config.get("find-links"):
+        lines.append("find-links = " + " ".join(config["find-links"]))
+    mounts = set()
+    if config.get("cert"):
+        lines.append(f"cert = {config['cert'][0]}")
+        mounts.add(config["cert"][0])
+    for location in indexes + config.get("find-links", []):
+        path = local_path(location)
+        if path and Path(path).exists():
+            # an index's pages link to ../../files: mount the index's parent folder
+            mounts.add(str(Path(path).parent if Path(path).name == "simple" else Path(path)))
+    (folder / "pip.conf").write_text("\n".join(lines) + "\n")
+    return ["--secret", f"id=pipconf,src={folder / 'pip.conf'}",
+            *(option for path in sorted(mounts) for option in ("-v", f"{path}:{path}:ro"))]
+
+
+def build(dockerfile: str, tag: str, *build_args: str, context: Path = ROOT, no_cache: bool = False) -> float:
+    """``podman build`` of ``dockerfile`` (relative to ``context``) on the local base image; wall seconds."""
+    previous = image_id(tag)
+    with tempfile.TemporaryDirectory() as folder:
+        options = ["--network", "host", *pip_options(Path(folder)), "--build-arg", f"BASE_IMAGE={BASE_IMAGE}",
+                   "--build-arg", f"PYTHON={PYTHON}", *(f"--build-arg={arg}" for arg in build_args)]
+        if no_cache:
+            options.append("--no-cache")
+        started = time.perf_counter()
+        result = subprocess.run(["podman", "build", *options, "-f", str(context / dockerfile), "-t", tag,
+                                 str(context)], capture_output=True, text=True, timeout=3600)
+        seconds = time.perf_counter() - started
+    if result.returncode != 0:
+        raise RuntimeError(f"podman build {dockerfile} failed:\n{result.stdout[-4000:]}\n"
+                           f"{result.stderr[-4000:]}")
+    if previous and previous != image_id(tag):
+        # The image this build replaced: its final stage holds a copy of the venv (6 GB for the worker), so
+        # builds after source edits would fill the disk. Its build-stage layers stay, as the build cache.
+        podman("rmi", previous, check=False)
+    return seconds
+
+
+def image_id(tag: str) -> str | None:
+    found = podman("image", "inspect", "--format", "{{.Id}}", tag, check=False)
+    return found.stdout.strip() if found.returncode == 0 else None
+
+
+def size_mb(tag: str) -> float:
+    return int(podman("image", "inspect", "--format", "{{.Size}}", tag).stdout.strip()) / 1e6
+
+
+def available() -> str | None:
+    """Why podman cannot run the container test here, or None."""
+    if shutil.which("podman") is None:
+        return "podman is not installed (.ci/run installs it)"
+    if shutil.which("mmdebstrap") is None:
+        return "mmdebstrap is not installed (it builds the local base images; .ci/run installs it)"
+    info = subprocess.run(["podman", "info"], capture_output=True, text=True, check=False)
+    if info.returncode != 0:
+        return f"podman does not work here: {info.stderr.strip()[-300:]}"
+    return None
