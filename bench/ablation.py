@@ -61,6 +61,7 @@ ARMS = {
     "b2-beta4-eps6.keep-last-batch": ("b2-beta4-eps6", {"training": {"last_batch": "keep"}}),
     "b2-beta4-eps6.he-block": ("b2-beta4-eps6", {"model": {"arch": "preact_resnet18_he"}}),
     "b1-plain-eps6.he-block": ("b1-plain-eps6", {"model": {"arch": "preact_resnet18_he"}}),
+    "b2-beta4-eps6.cifar10-constants": ("b2-beta4-eps6", {"dataset": {"normalization": "cifar10"}}),
 }
 
 
