@@ -2,7 +2,7 @@
 
     python bench/container_images.py [--skip-cold] [--no-record]
 
-Builds as tests/containers does (tests/containers/images.py: the local Debian base image, this machine's pip
+Builds as tests/containers does (coscope/images.py: the local Debian base image, this machine's pip
 sources mounted at build time; the worker with the torch wheel on local disk) from a copy of the build
 context, the API image first:
 
@@ -22,10 +22,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import arguments, parse, record
 
-from bench.common import arguments, parse, record  # noqa: E402
-from tests.containers import images  # noqa: E402
+from coscope import images
 
 CONTEXT = ["pyproject.toml", "README.md", ".dockerignore", "core", "store", "api", "worker", "coscope",
            "docker"]

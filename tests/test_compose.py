@@ -282,7 +282,7 @@ def test_the_port_parser_reads_every_syntax(entry: Any, expected: dict[str, str]
 
 
 def test_final_stages_run_nothing_and_builds_share_their_first_layers(compose: dict[str, Any]) -> None:
-    """Build-time mounts (pip mirrors, CA bundles: tests/containers/images.py) leave their mount points in the
+    """Build-time mounts (pip mirrors, CA bundles: coscope/images.py) leave their mount points in the
     layer of every RUN step they are given to, so the shipped stage has none. The worker's build stage
     begins with the API's steps, up to the API's dependencies, so the two builds share those layers."""
     steps = {name: instructions(path) for name, path in dockerfiles(compose).items()}

@@ -74,3 +74,11 @@ def test_no_module_imports_a_layer_above_or_beside_its_own(package):
     wrong = {str(path.relative_to(ROOT)): sorted(imported_packages(path) & FORBIDDEN[package])
              for path in sorted((ROOT / package).rglob("*.py"))}
     assert not {path: names for path, names in wrong.items() if names}
+
+
+def test_benchmarks_import_no_test_module_and_leave_sys_path_alone():
+    """bench/ runs as ``python bench/X.py`` on an installed coscope: what it shares with the tests lives in the
+    package (coscope.harness, coscope.images), never in tests/."""
+    wrong = {str(path.relative_to(ROOT)): ("tests" in imported_packages(path), "sys.path" in path.read_text())
+             for path in sorted((ROOT / "bench").glob("*.py"))}
+    assert not {path: found for path, found in wrong.items() if any(found)}

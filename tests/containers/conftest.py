@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import pytest
 
+from coscope import images
 from coscope.harness import free_port
-from tests.containers import images
 from tests.containers.compose import Project
 
 COMPOSE_FILE = images.ROOT / "docker-compose.yml"

@@ -14,7 +14,7 @@ import time
 import httpx
 import pytest
 
-from tests.containers import images
+from coscope import images
 from tests.containers.conftest import DATA_MARKER, Built, Stack
 from tests.service.conftest import Api, job_spec
 

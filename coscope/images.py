@@ -1,4 +1,5 @@
-"""Building coscope's images with podman on this machine (the container test and bench/container_images.py).
+"""Building coscope's images with podman on a machine without an image registry (tests/containers and
+bench/container_images.py use it; like coscope.harness, a development tool that needs no test extras).
 
 The Dockerfiles default to python:3.11-slim and PyPI. Here no image registry is reachable, so the builds use
 the local Debian base image of scripts/container_images.sh, and pip gets this machine's own configuration
@@ -17,7 +18,7 @@ import time
 from pathlib import Path
 from urllib.parse import urlparse
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 BASE_IMAGE = os.environ.get("COSCOPE_BASE_IMAGE", "localhost/debian-py311:bookworm")
 PYTHON = os.environ.get("COSCOPE_BASE_PYTHON", "python3.11")  # a bare Debian image has no `python3`
 REDIS_IMAGE = os.environ.get("COSCOPE_TEST_REDIS_IMAGE", "localhost/coscope-test-redis:bookworm")
