@@ -17,7 +17,9 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -58,6 +60,18 @@ POSTGRES_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 SLOWNESS = float(os.environ.get("COSCOPE_TEST_SLOWNESS", "1"))
 FAST_LEASES = {"COSCOPE_LEASE_SECONDS": "3", "COSCOPE_RECONCILE_SECONDS": "1",
                "COSCOPE_REQUEUE_QUEUED_AFTER_SECONDS": "20"}
+
+
+def wait_until(condition: Callable[[], Any], timeout: float, what: str, every: float = 0.2) -> Any:
+    """Poll ``condition`` until it returns something truthy (returned) or ``timeout`` x SLOWNESS seconds pass."""
+    deadline = time.monotonic() + timeout * SLOWNESS
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout * SLOWNESS:g}s waiting for {what}")
+        time.sleep(every)
 
 
 UVICORN_LISTENING = re.compile(rb"Uvicorn running on http://[^:]+:(\d+)")

@@ -27,7 +27,11 @@ PYPI = "https://pypi.org/simple"
 
 
 def podman(*args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(["podman", *args], check=check, timeout=timeout, text=True, capture_output=True)
+    """``podman ARGS``, output captured; with ``check``, a failure raises with podman's own message."""
+    result = subprocess.run(["podman", *args], capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise RuntimeError(f"podman {' '.join(args[:3])} ... failed: {result.stderr.strip()[-2000:]}")
+    return result
 
 
 def base_images() -> None:

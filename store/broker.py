@@ -41,7 +41,7 @@ def make_celery(settings: Settings, include: Sequence[str] = ()) -> Celery:
         # Redis redelivers unacked messages after the visibility timeout; the SQLAlchemy transport (embedded)
         # passes its options to create_engine and takes none of these
         broker_transport_options=(redis_transport_options(settings.visibility_timeout_seconds)
-                                  if settings.broker.startswith(("redis", "rediss")) else {}),
+                                  if settings.broker_is_redis else {}),
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
         worker_send_task_events=True, task_send_sent_event=True,

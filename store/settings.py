@@ -70,6 +70,11 @@ class Settings(BaseSettings):
         return self.broker_url or f"sqla+sqlite:///{self.home / 'broker.db'}"
 
     @property
+    def broker_is_redis(self) -> bool:
+        """Redis has a visibility timeout (and takes kombu's Redis options); the embedded SQLite broker not."""
+        return self.broker.startswith(("redis", "rediss"))
+
+    @property
     def artifacts(self) -> Path:
         return self.home / "artifacts"
 

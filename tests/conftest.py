@@ -29,6 +29,17 @@ DIVERGING = {"model": {"arch": "small_cnn", "width": 4},
              "training": {"lr_max": 10.0, "weight_decay": 1.0, "lr_schedule": "multistep", "epochs": 3}}
 
 
+@pytest.fixture(scope="module")
+def single_thread():
+    """Small tensors: one intra-op thread avoids oversubscription slowdowns on a busy 2-core machine."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture
 def spec() -> JobSpec:
     return tiny_spec()

@@ -39,7 +39,7 @@ def time_limits() -> tuple[float | None, float | None]:
 def check_visibility_timeout(settings: Settings, hard_limit: float | None) -> None:
     """Fail fast at worker start-up: on Redis, a job still running at the visibility timeout is redelivered,
     so the timeout must exceed the hard time limit (with no limit, jobs are bounded only by the timeout)."""
-    if hard_limit is None or not settings.broker.startswith(("redis", "rediss")):
+    if hard_limit is None or not settings.broker_is_redis:
         return
     if settings.visibility_timeout_seconds <= hard_limit:
         raise ValueError(

@@ -23,6 +23,8 @@ from typing import Any
 
 import yaml
 
+from coscope.images import podman
+
 INTERPOLATION = re.compile(r"\$(?:\$|\{(\w+)(?:(:?[-?])([^}]*))?\}|(\w+))")
 
 
@@ -62,13 +64,6 @@ def seconds(duration: str | int | float) -> float:
         return float(duration)
     units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
     return sum(float(number) * units[unit] for number, unit in re.findall(r"([\d.]+)(ms|s|m|h)", duration))
-
-
-def podman(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
-    result = subprocess.run(["podman", *args], capture_output=True, text=True, timeout=timeout)
-    if check and result.returncode != 0:
-        raise RuntimeError(f"podman {' '.join(args[:3])} ... failed: {result.stderr.strip()[-2000:]}")
-    return result
 
 
 class Project:

@@ -9,12 +9,12 @@ The tests run in file order on one stack: the last one stops the API.
 from __future__ import annotations
 
 import json
-import time
 
 import httpx
 import pytest
 
 from coscope import images
+from coscope.harness import wait_until
 from tests.containers.conftest import DATA_MARKER, Built, Stack
 from tests.service.conftest import Api, job_spec
 
@@ -28,14 +28,6 @@ def api(stack: Stack) -> Api:
     # The README's way to the first admin key: `docker compose exec api cat /var/lib/coscope/api-key`.
     key = stack.project.exec("api", "cat", "/var/lib/coscope/api-key").stdout.strip()
     return Api(stack.url, key)
-
-
-def wait_for(check, what: str, timeout: float = 180):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while (result := check()) is None:
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.5)
-    return result
 
 
 def present(image: str, paths: list[str]) -> set[str]:
@@ -114,7 +106,7 @@ def test_a_job_runs_end_to_end_over_http(stack: Stack, api: Api) -> None:
 
 def test_a_running_job_is_cancelled(api: Api) -> None:
     job = api.submit(job_spec(epochs=50, train_size=512), name="container-cancel")
-    wait_for(lambda: api.job(job["id"])["status"] == "running" or None, "the job to run")
+    wait_until(lambda: api.job(job["id"])["status"] == "running", 180, "the job to run")
     response = api.http.post(f"/v1/jobs/{job['id']}/cancel")
     assert response.status_code in (200, 202), response.text
     assert api.wait_finished(job["id"], timeout=120)["status"] == "cancelled"
@@ -123,7 +115,7 @@ def test_a_running_job_is_cancelled(api: Api) -> None:
 def test_a_job_survives_a_worker_container_restart_as_attempt_2(stack: Stack, api: Api) -> None:
     job = api.submit(job_spec(epochs=5, train_size=256), name="container-restart")
     # after epoch 0 (checkpointed), with epochs to go
-    wait_for(lambda: api.job(job["id"]).get("progress", {}).get("epoch", -1) >= 1 or None, "epoch 1")
+    wait_until(lambda: api.job(job["id"]).get("progress", {}).get("epoch", -1) >= 1, 180, "epoch 1")
     images.podman("restart", "--time", "0", stack.project.container("worker-cpu"))  # SIGKILL mid-job
     final = api.wait_finished(job["id"], timeout=300)
     assert (final["status"], final["attempt"]) == ("succeeded", 2), final

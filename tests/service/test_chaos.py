@@ -92,7 +92,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -100,7 +100,7 @@ from typing import Any
 import httpx
 import pytest
 
-from coscope.harness import FAST_LEASES, SLOWNESS, Stack, child_pids, free_port, redis_db
+from coscope.harness import FAST_LEASES, SLOWNESS, Stack, child_pids, free_port, redis_db, wait_until
 from tests.conftest import DIVERGING
 from tests.service.conftest import Api, job_spec
 
@@ -250,17 +250,6 @@ def create_job_in_store(stack: Stack, spec: dict) -> str:
 
 
 # ---- Small waits ------------------------------------------------------------------------------------
-
-
-def wait_until(condition: Callable[[], Any], timeout: float, what: str, every: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout * SLOWNESS
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout * SLOWNESS:g}s waiting for {what}")
-        time.sleep(every)
 
 
 def wait_epoch(chaos: Chaos, job_id: str, epoch: int, timeout: float = 180) -> dict:

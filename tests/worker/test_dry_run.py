@@ -11,10 +11,10 @@ import pytest
 from core.cost import estimate_cost
 from core.errors import DatasetNotFound
 from core.spec import JobSpec
-from store import crud
 from store.db import session_scope
 from store.models import Job
 from store.settings import Settings
+from tests.worker.utils import queued_job
 from worker.dry_run import dry_run_report
 from worker.runner import run
 
@@ -49,18 +49,9 @@ def test_missing_data_fails_the_dry_run_as_it_would_fail_training(tmp_path):
         dry_run_report(JobSpec(dry_run=True), tmp_path / "no-data")
 
 
-def _queued_job(settings: Settings, spec: dict) -> str:
-    with session_scope(settings.database) as session:
-        owner, _ = crud.create_key(session, "k")
-        data = JobSpec.model_validate(spec).model_dump(mode="json")
-        job, _ = crud.create_job(session, owner, data, name=None, tags=[], priority=0, queue="cpu",
-                                 idempotency_key=None, request_hash="h")
-        return job.id
-
-
 def test_the_runner_claims_and_finishes_a_dry_run_once(tmp_path):
     settings = Settings(home=tmp_path)
-    job_id = _queued_job(settings, SYNTHETIC)
+    job_id = queued_job(settings, SYNTHETIC)
     assert run(job_id, settings, worker="test") == "succeeded"
     assert run(job_id, settings, worker="test") == "finished"  # a redelivery does not run it again
     with session_scope(settings.database) as session:
@@ -71,7 +62,7 @@ def test_the_runner_claims_and_finishes_a_dry_run_once(tmp_path):
 
 def test_the_runner_fails_a_dry_run_whose_folder_is_missing(tmp_path):
     settings = Settings(home=tmp_path)
-    job_id = _queued_job(settings, {"dry_run": True, "dataset": {"name": "imagefolder", "path": "missing"}})
+    job_id = queued_job(settings, {"dry_run": True, "dataset": {"name": "imagefolder", "path": "missing"}})
     assert run(job_id, settings, worker="test") == "failed"
     with session_scope(settings.database) as session:
         job = session.get(Job, job_id)

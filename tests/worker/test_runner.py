@@ -3,40 +3,20 @@ calls it, on a SQLite store, with no fault hook."""
 
 from __future__ import annotations
 
-import pytest
-import torch
-
-from core.spec import JobSpec
-from store import crud
 from store.db import session_scope
 from store.models import Job, JobEvent
 from store.settings import Settings
 from tests.conftest import DIVERGING, tiny_spec
+from tests.worker.utils import queued_job
 from worker.runner import run
 
 
-@pytest.fixture
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-def _queued_job(settings: Settings, spec: JobSpec) -> str:
-    with session_scope(settings.database) as session:
-        owner, _ = crud.create_key(session, "k")
-        job, _ = crud.create_job(session, owner, spec.model_dump(mode="json"), name=None, tags=[], priority=0,
-                                 queue="cpu", idempotency_key=None, request_hash="h")
-        return job.id
-
-
-def test_r10_a_real_nan_loss_fails_the_job_as_diverged_once(tmp_path, one_thread):
+def test_r10_a_real_nan_loss_fails_the_job_as_diverged_once(tmp_path, single_thread):
     """R10: the loss of this spec becomes nan in its second epoch; the trainer's DivergedError reaches the
     runner, which fails the job with ``diverged`` as attempt 1 and releases the lease; a redelivery of the
     message (as Celery would after a crash) does not run it again."""
     settings = Settings(home=tmp_path)
-    job_id = _queued_job(settings, tiny_spec(**DIVERGING))
+    job_id = queued_job(settings, tiny_spec(**DIVERGING).model_dump(mode="json"))
     assert run(job_id, settings, worker="test") == "failed"
     with session_scope(settings.database) as session:
         job = session.get(Job, job_id)
