@@ -1,4 +1,5 @@
-"""The FastAPI application. ``create_app`` wires settings, the publisher, the reconciler and the limits."""
+"""The FastAPI application. ``create_app`` wires settings, the publisher, the reconciler, the sweep keeper and
+the limits."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from api.limits import BodySizeLimit, RateLimiter
-from api.queue import Publisher, Reconciler
-from api.routes import admin, health, jobs
+from api.queue import Publisher, Reconciler, SweepKeeper
+from api.routes import admin, health, jobs, sweeps
 from store.db import get_engine
 from store.settings import Settings, get_settings
 
@@ -25,13 +26,13 @@ def create_app(settings: Settings | None = None, reconcile: bool = True) -> Fast
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         get_engine(settings.database)  # creates the tables on first use
-        reconciler = None
+        threads = [Reconciler(settings, app.state.publisher), SweepKeeper(settings, app.state.publisher)]
         if reconcile:
-            reconciler = Reconciler(settings, app.state.publisher)
-            reconciler.start()
+            for thread in threads:
+                thread.start()
         yield
-        if reconciler is not None:
-            reconciler.stopped.set()
+        for thread in threads:
+            thread.stopped.set()
 
     docs = settings.docs_enabled  # production serves no /docs, /redoc, /openapi.json unless COSCOPE_DOCS=1
     app = FastAPI(title="coscope", version="1", lifespan=lifespan,
@@ -47,6 +48,7 @@ def create_app(settings: Settings | None = None, reconcile: bool = True) -> Fast
     app.dependency_overrides[get_settings] = lambda: settings
     app.include_router(health.router)
     app.include_router(jobs.router)
+    app.include_router(sweeps.router)
     app.include_router(admin.router)
     return app
 

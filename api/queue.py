@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from store import crud, webhooks
+from store import crud, sweeps, webhooks
 from store.broker import TASK_NAME, make_celery
 from store.db import session_scope
 from store.settings import Settings
@@ -95,3 +95,34 @@ class Reconciler(threading.Thread):
         for job_id in finished:  # cancelled or failed here, not by a worker: the webhook goes from here
             webhooks.notify_in_background(self.settings, job_id)
         return ids
+
+
+class SweepKeeper(threading.Thread):
+    """Every ``sweep_release_seconds``: release sweeps' held children as their teams' quotas allow
+    (``store.sweeps.release_held``), write the sweeps' derived status, and send ``sweep.finished`` for the
+    ones that just finished. Safe to run in several API processes: each move and each finish is a
+    conditional update."""
+
+    def __init__(self, settings: Settings, publisher: Publisher) -> None:
+        super().__init__(name="coscope-sweep-keeper", daemon=True)
+        self.settings, self.publisher = settings, publisher
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.settings.sweep_release_seconds):
+            try:
+                self.keep_once()
+            except Exception:
+                log.exception("sweep keeper pass failed")
+
+    def keep_once(self) -> tuple[list[tuple[str, str]], list[str]]:
+        with session_scope(self.settings.database) as session:
+            released = sweeps.release_held(session, self.settings.team_max_active_jobs,
+                                           self.settings.sweep_max_waiting)
+            finished = sweeps.refresh(session)
+        for job_id, queue in released:
+            publish_and_mark(self.settings, self.publisher, job_id, queue)
+        for sweep_id in finished:
+            threading.Thread(target=webhooks.notify_sweep, args=(self.settings, sweep_id),
+                             name=f"webhook-{sweep_id}", daemon=True).start()
+        return released, finished

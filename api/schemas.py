@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -106,3 +106,85 @@ class ArtifactsPublic(BaseModel):
 
 class MetricsPublic(BaseModel):
     data: list[dict[str, Any]]
+
+
+AxisValue = bool | int | float | Annotated[str, Field(max_length=100)]
+AxisPath = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[a-z_]+(\.[a-z_]+)*$")]
+
+
+class SweepCreate(BaseModel):
+    """A grid of jobs: ``spec`` with every combination of the ``grid`` axes' values (dotted spec paths, e.g.
+    ``intervention.beta``), each run once per seed."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    name: str | None = Field(None, min_length=1, max_length=200)
+    spec: JobSpec
+    grid: dict[AxisPath, Annotated[list[AxisValue], Field(min_length=1, max_length=50)]] = Field(
+        min_length=1, max_length=4)
+    seeds: list[Annotated[int, Field(ge=0, le=2**31 - 1)]] | None = Field(None, min_length=1, max_length=20)
+    tags: list[str] = Field(default_factory=list, max_length=20)
+    priority: int = Field(0, ge=0, le=9)
+    queue: Literal["cpu", "gpu"] | None = None  # None: each child's own default (core.cost.default_queue)
+    callback_url: str | None = Field(None, min_length=1, max_length=2000)  # sweep.finished webhook
+
+
+class Stat(BaseModel):
+    mean: float
+    std: float | None  # sample standard deviation; null below two values
+    n: int
+
+
+class SweepChild(BaseModel):
+    id: str
+    seed: int
+    status: str
+
+
+class SeedVerdict(BaseModel):
+    seed: int
+    verdict: str | None  # core.co code once the child succeeded
+
+
+class CellCO(BaseModel):
+    verdicts: list[SeedVerdict]
+    collapsed: int  # seeds whose verdict is "co"
+    measured: int  # seeds with a verdict
+    onset_step: Stat | None  # over the collapsed seeds
+
+
+class SweepCell(BaseModel):
+    index: int
+    params: dict[str, Any]
+    jobs: list[SweepChild]
+    clean_accuracy: Stat | None  # final clean accuracy over the succeeded seeds
+    robust_accuracy: Stat | None  # final PGD accuracy over the succeeded seeds
+    co: CellCO
+
+
+class SweepAxis(BaseModel):
+    path: str
+    values: list[Any]
+
+
+class SweepSummary(BaseModel):
+    id: str
+    name: str | None
+    tags: list[str]
+    status: str
+    size: int
+    counts: dict[str, int]  # children per status
+    axes: list[SweepAxis]
+    seeds: list[int]
+    created_at: dt.datetime
+    finished_at: dt.datetime | None
+
+
+class SweepPublic(SweepSummary):
+    jobs: list[str]  # child job ids, seed-major (every cell's first seed first)
+    cells: list[SweepCell]
+
+
+class SweepsPublic(BaseModel):
+    data: list[SweepSummary]
+    count: int

@@ -208,3 +208,14 @@ def load_spec_file(path: str) -> JobSpec:
     with open(path, encoding="utf-8") as handle:
         data = yaml.safe_load(handle)
     return JobSpec.model_validate(data if data is not None else {})
+
+
+def leaf_paths(model: type[BaseModel] = JobSpec, prefix: str = "") -> list[str]:
+    """Every leaf field of the spec as a dotted path (``training.epsilon``): what a sweep's axis may name."""
+    paths = []
+    for name, field in model.model_fields.items():
+        if isinstance(field.annotation, type) and issubclass(field.annotation, _Section):
+            paths += leaf_paths(field.annotation, f"{prefix}{name}.")
+        else:
+            paths.append(prefix + name)
+    return paths

@@ -37,6 +37,7 @@ REDIS_DBS = {
     "tests.api.test_queue": 14,
     "tests.service.test_chaos::r5_visibility": 10,
     "tests.api.conftest": 15,
+    "tests.service.test_sweeps": 9,
 }
 REDIS_DB = REDIS_DBS["tests.service.test_integration"]  # Stack's default
 
@@ -59,7 +60,7 @@ POSTGRES_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 # (default 1: the 2-core development machine under a full test run; e.g. 3 on a machine three times slower)
 SLOWNESS = float(os.environ.get("COSCOPE_TEST_SLOWNESS", "1"))
 FAST_LEASES = {"COSCOPE_LEASE_SECONDS": "3", "COSCOPE_RECONCILE_SECONDS": "1",
-               "COSCOPE_REQUEUE_QUEUED_AFTER_SECONDS": "20"}
+               "COSCOPE_REQUEUE_QUEUED_AFTER_SECONDS": "20", "COSCOPE_SWEEP_RELEASE_SECONDS": "0.5"}
 
 
 def wait_until(condition: Callable[[], Any], timeout: float, what: str, every: float = 0.2) -> Any:

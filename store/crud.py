@@ -21,7 +21,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, load_only
 
 from store.models import ApiKey, Job, JobEvent, MetricRow, utcnow
-from store.status import ACTIVE_STATES, FINISHED_STATES
+from store.status import ACTIVE_STATES, FINISHED_STATES, UNSENT_STATES
 
 KEY_PREFIX = "cs_"
 
@@ -157,10 +157,11 @@ def _has_tag(session: Session, tag: str) -> ColumnElement[bool]:
 
 
 def request_cancel(session: Session, job: Job) -> Job:
-    """Queued jobs are cancelled at once (a later claim skips them); running ones stop at the next step."""
+    """Held and queued jobs are cancelled at once (a later claim skips them); running ones stop at the next
+    step."""
     if job.status in FINISHED_STATES:
         raise NotCancellable(job.status)
-    if job.status == "queued":
+    if job.status in UNSENT_STATES:
         job.status, job.finished_at, job.cancel_requested = "cancelled", utcnow(), True
         add_event(session, job.id, job.attempt, "status", {"status": "cancelled"})
     else:
@@ -171,9 +172,12 @@ def request_cancel(session: Session, job: Job) -> Job:
 
 
 def purge_queued(session: Session, queue: str | None = None) -> list[str]:
-    """Cancel every queued job (of one queue, or all) in one conditional UPDATE, so a job a worker claims
-    meanwhile keeps running; a later claim skips the cancelled ones. Returns their ids."""
-    condition = (Job.status == "queued") if queue is None else (Job.status == "queued") & (Job.queue == queue)
+    """Cancel every queued job (of one queue, or all), sweeps' held children included, in one conditional
+    UPDATE, so a job a worker claims meanwhile keeps running; a later claim skips the cancelled ones. Returns
+    their ids."""
+    condition = Job.status.in_(UNSENT_STATES)
+    if queue is not None:
+        condition = condition & (Job.queue == queue)
     rows = session.execute(update(Job).where(condition)
                            .values(status="cancelled", cancel_requested=True, finished_at=utcnow())
                            .returning(Job.id, Job.attempt).execution_options(synchronize_session=False)).all()

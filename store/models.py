@@ -82,6 +82,41 @@ class Job(Base):
     enqueued_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
     started_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    # a sweep's child: its sweep and its place there (seed-major: every cell's first seed comes first)
+    sweep_id: Mapped[str | None] = mapped_column(ForeignKey("sweeps.id"))
+    sweep_index: Mapped[int | None] = mapped_column(Integer)
+
+
+class Sweep(Base):
+    """A grid of jobs submitted as one request (``api.routes.sweeps``). Its children are ordinary jobs with
+    ``sweep_id`` set; the sweep's status is derived from theirs (``store.sweeps.sweep_status``) and written
+    here by the sweep keeper, which also stamps ``finished_at`` once, when the last child finished."""
+
+    __tablename__ = "sweeps"
+    __table_args__ = (UniqueConstraint("owner_key_id", "idempotency_key"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    team: Mapped[str] = mapped_column(String(100))
+    owner_key_id: Mapped[str] = mapped_column(ForeignKey("api_keys.id"))
+    name: Mapped[str | None] = mapped_column(String(200))
+    tags: Mapped[list[Any]] = mapped_column(default=list)
+    spec: Mapped[dict[str, Any]] = mapped_column()  # the base spec as submitted (children: spec + cell + seed)
+    axes: Mapped[list[Any]] = mapped_column()  # [[dotted path, [values]], ...] in request order
+    seeds: Mapped[list[Any]] = mapped_column()
+    size: Mapped[int] = mapped_column(Integer)  # children: cells x seeds
+    status: Mapped[str] = mapped_column(String(12), default="queued")
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    request_hash: Mapped[str | None] = mapped_column(String(64))
+    callback_url: Mapped[str | None] = mapped_column(String(2000))  # sweep.finished webhook
+    webhook: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # the sweep.finished delivery's outcome
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+
+
+Index("ix_sweeps_team_created", Sweep.team, Sweep.created_at.desc(), Sweep.id)
+Index("ix_sweeps_created", Sweep.created_at.desc(), Sweep.id)
+Index("ix_sweeps_status", Sweep.status)  # the keeper reads the unfinished ones
 
 
 # Lists, newest first (crud.JOB_ORDER), paged in SQL: an index per filter the list endpoints take. The id in
@@ -95,6 +130,9 @@ Index("ix_jobs_tags", cast(Job.tags, JSONB), postgresql_using="gin").ddl_if(dial
 # (NULL: never); few rows match, so each pass reads a handful of index entries whatever the table's size.
 Index("ix_jobs_status_lease", Job.status, Job.lease_expires_at)
 Index("ix_jobs_status_enqueued", Job.status, Job.enqueued_at)
+# A sweep's children (its page, its table, its events) and the keeper's held children per team.
+Index("ix_jobs_sweep", Job.sweep_id, Job.sweep_index)
+Index("ix_jobs_status_team", Job.status, Job.team)
 
 
 class MetricRow(Base):

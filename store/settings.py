@@ -45,6 +45,14 @@ class Settings(BaseSettings):
     team_budget: float = Field(1e9, gt=0)  # the most one job may cost
     team_max_active_jobs: int = Field(20, ge=1, le=100_000)  # queued + running jobs per team
     team_submits_per_minute: int = Field(120, ge=1, le=100_000)  # POST /v1/jobs per team (per API process)
+    # Sweeps (store/sweeps.py): children per sweep, their total cost, children waiting inside a team's sweeps,
+    # and the release policy (a held child is queued while the team is under its active-job quota and holds
+    # fewer than sweep_max_waiting queued jobs in that queue: fair share on first-in first-out queues).
+    sweep_max_children: int = Field(200, ge=1, le=10_000)
+    team_sweep_budget: float = Field(2e10, gt=0)  # the most one sweep may cost, all children together
+    team_max_held_jobs: int = Field(1000, ge=1, le=1_000_000)
+    sweep_max_waiting: int = Field(2, ge=1, le=1000)
+    sweep_release_seconds: float = Field(2.0, gt=0)  # period of the API's sweep keeper
     max_body_bytes: int = Field(1 << 20, ge=1024, le=1 << 30)  # larger request bodies get 413
     docs: bool = False  # serve /docs, /redoc and /openapi.json in production too (always on in development)
 

@@ -9,7 +9,7 @@ IPv6 (::ffff:a.b.c.d, 6to4, NAT64) are checked as IPv4. Integer, hex, octal and 
 before every try (DNS rebinding), and the request goes to the address just checked (the Host header and
 TLS SNI keep the name), so the name cannot be re-resolved elsewhere between check and connect.
 
-Delivery: body ``{"event", "job_id", "status", "co"}``, header ``X-Coscope-Signature: sha256=<hex>`` (HMAC-
+Delivery: body ``{"event", "job_id", "status", "co"}`` (sweeps: ``sweep.finished`` with ``sweep_id``), header ``X-Coscope-Signature: sha256=<hex>`` (HMAC-
 SHA256 of the raw body with ``COSCOPE_WEBHOOK_SECRET``), no redirects, no proxies from the environment, a
 5 s timeout, 3 tries with exponential backoff on network errors, 5xx, 408 and 429. The callee's body is
 never read; a ``webhook`` job event records the outcome and status code only.
@@ -31,11 +31,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+from sqlalchemy import update
 
 from store import crud
 from store.db import session_scope
-from store.models import Job
+from store.models import Job, Sweep
 from store.settings import Settings
+from store.sweeps import child_counts
 
 log = logging.getLogger("coscope.webhooks")
 SIGNATURE_HEADER = "X-Coscope-Signature"
@@ -178,6 +180,29 @@ def notify(settings: Settings, job_id: str, event: str | None = None, *,
         return result
     except Exception:
         log.exception("webhook %s for job %s failed", event, job_id)
+        return None
+
+
+def notify_sweep(settings: Settings, sweep_id: str, *, transport: httpx.BaseTransport | None = None,
+                 sleep: Callable[[float], None] = time.sleep) -> Delivery | None:
+    """Send ``sweep.finished`` (body ``{"event", "sweep_id", "status", "counts"}``) if the sweep has a callback
+    URL, and record the outcome on the sweep (``webhook``). Never raises."""
+    try:
+        with session_scope(settings.database) as session:
+            sweep = session.get(Sweep, sweep_id)
+            if sweep is None or not sweep.callback_url:
+                return None
+            url = sweep.callback_url
+            payload = {"event": "sweep.finished", "sweep_id": sweep.id, "status": sweep.status,
+                       "counts": child_counts(session, [sweep.id])[sweep.id]}
+        result = deliver(url, payload, settings.webhook_secret, transport=transport or TRANSPORT, sleep=sleep)
+        with session_scope(settings.database) as session:
+            session.execute(update(Sweep).where(Sweep.id == sweep_id).values(webhook={
+                "event": "sweep.finished", "outcome": result.outcome, "status_code": result.status_code,
+                "tries": result.tries}))
+        return result
+    except Exception:
+        log.exception("webhook sweep.finished for sweep %s failed", sweep_id)
         return None
 
 

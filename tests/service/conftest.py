@@ -40,9 +40,13 @@ class Api:
         return self.http.get(f"/v1/jobs/{job_id}").json()
 
     def events(self, job_id: str, until: str | None = None, timeout: float = 180) -> list[dict]:
-        """Read the SSE stream until it ends (the job finished) or an event of type ``until`` arrives."""
+        """Read the job's SSE stream until it ends (the job finished) or an event of type ``until`` arrives."""
+        return self.events_at(f"/v1/jobs/{job_id}/events", until, timeout)
+
+    def events_at(self, path: str, until: str | None = None, timeout: float = 180) -> list[dict]:
+        """Read an SSE stream until it ends or an event of type ``until`` arrives."""
         events: list[dict] = []
-        with self.http.stream("GET", f"/v1/jobs/{job_id}/events", timeout=timeout * SLOWNESS) as response:
+        with self.http.stream("GET", path, timeout=timeout * SLOWNESS) as response:
             assert response.status_code == 200
             current: dict = {}
             for line in response.iter_lines():

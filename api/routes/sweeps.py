@@ -1,0 +1,315 @@
+"""Sweep routes: submit a grid as one request, list, read (per-cell table), cancel, live events (SSE), and
+the table and heatmap as artifacts. Children are ordinary jobs (``/v1/jobs``), tagged ``sweep:<id>``."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import hashlib
+import json
+import threading
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import (APIRouter, BackgroundTasks, Depends, Header, HTTPException, Path, Query, Request, Response,
+                     status)
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import StreamingResponse
+from pydantic import ValidationError
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from api import limits, paths, sweep_table
+from api.deps import CurrentKey, SessionDep, SettingsDep, get_current_key, get_publisher, limit_submissions
+from api.queue import Publisher, publish_and_mark
+from api.routes.jobs import SSE_POLL_SECONDS, QUOTA_RETRY_SECONDS
+from api.schemas import SweepCreate, SweepPublic, SweepsPublic, SweepSummary
+from core.cost import default_queue, estimate_cost
+from core.spec import JobSpec, leaf_paths
+from store import crud, sweeps, webhooks
+from store.db import session_scope
+from store.models import Sweep
+from store.settings import Settings
+from store.status import SWEEP_FINISHED_STATES
+
+router = APIRouter(prefix="/v1/sweeps", tags=["sweeps"], dependencies=[Depends(get_current_key)])
+AXIS_PATHS = frozenset(leaf_paths()) - {"version", "seed"}  # seeds are the sweep's own list
+MAX_PROBLEMS = 20  # a grid of bad cells names this many
+ARTIFACTS = ("heatmap.png", "table.csv", "table.json")
+HEATMAP_CACHE = 64  # rendered heatmaps kept per API process, keyed by the table they show
+
+
+def get_owned_sweep(session: SessionDep, key: CurrentKey, sweep_id: Annotated[str, Path(max_length=64)]) -> Sweep:
+    """The sweep if the caller's team owns it (admins: any); otherwise the same 404 as a missing sweep."""
+    sweep = sweeps.get_team_sweep(session, sweep_id, None if key.role == "admin" else key.team)
+    if sweep is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "Sweep not found")
+    return sweep
+
+
+OwnedSweep = Annotated[Sweep, Depends(get_owned_sweep)]
+
+
+def plan_children(body: SweepCreate, settings: Settings) -> list[sweeps.Child]:
+    """Every child's resolved spec, validated like a job's; 422 naming the cell and the field otherwise."""
+    axes = list(body.grid.items())
+    problems = [{"loc": ["body", "grid", path], "type": "unknown_axis", "msg": _unknown_axis(path)}
+                for path, _ in axes if path not in AXIS_PATHS]
+    problems += [{"loc": ["body", "grid", path], "type": "duplicate_values", "msg": f"{path} repeats a value"}
+                 for path, values in axes if len({json.dumps(v) for v in values}) < len(values)]
+    seeds = body.seeds or [body.spec.seed]
+    if len(set(seeds)) < len(seeds):
+        problems.append({"loc": ["body", "seeds"], "type": "duplicate_values", "msg": "seeds repeats a value"})
+    cells = sweep_table.grid_cells(axes)
+    if len(cells) * len(seeds) > settings.sweep_max_children:
+        problems.append({"loc": ["body", "grid"], "type": "too_many_children",
+                         "msg": f"{len(cells)} cells x {len(seeds)} seeds = {len(cells) * len(seeds)} jobs; the "
+                                f"limit is {settings.sweep_max_children}"})
+    if problems:
+        raise HTTPException(422, problems)
+    base = body.spec.model_dump(mode="json")  # unresolved: defaults such as alpha follow each cell's epsilon
+    specs, total = [], 0.0
+    for params in cells:
+        spec, cell_problems = _cell_spec(base, params, axes, settings)
+        problems += cell_problems
+        if spec is not None:
+            specs.append(spec)
+            total += estimate_cost(spec) * len(seeds)
+    if not problems and total > settings.team_sweep_budget:
+        problems.append({"loc": ["body", "grid"], "type": "budget_exceeded",
+                         "msg": f"the sweep's estimated cost {total:.3g} image-passes (all {len(cells) * len(seeds)} "
+                                f"jobs) exceeds the team's sweep budget of {settings.team_sweep_budget:.3g}"})
+    if problems:
+        raise HTTPException(422, problems[:MAX_PROBLEMS])
+    children = []
+    for position, seed in enumerate(seeds):
+        for index, (params, spec) in enumerate(zip(cells, specs, strict=True)):
+            child = spec.model_copy(update={"seed": seed})
+            children.append(sweeps.Child(
+                index=position * len(cells) + index, spec=child.resolved().model_dump(mode="json"),
+                name=_child_name(body.name, params, seed), queue=body.queue or default_queue(child)))
+    return children
+
+
+def _unknown_axis(path: str) -> str:
+    if path == "seed":
+        return "seed is not an axis: list the seeds in the sweep's own seeds field"
+    return f"{path} is not a spec field a sweep can vary (e.g. intervention.beta, training.epsilon)"
+
+
+def _cell_spec(base: dict[str, Any], params: dict[str, Any], axes: list[tuple[str, list[Any]]],
+               settings: Settings) -> tuple[JobSpec | None, list[dict[str, Any]]]:
+    data = copy.deepcopy(base)
+    for path, value in params.items():
+        *sections, leaf = path.split(".")
+        target = data
+        for section in sections:
+            target = target[section]
+        target[leaf] = value
+    try:
+        spec = JobSpec.model_validate(data)
+    except ValidationError as error:
+        return None, [_cell_problem(problem, params, axes) for problem in error.errors()]
+    found = [*paths.spec_path_problems(spec), *limits.budget_problems(spec, settings.team_budget)]
+    return spec, [{**problem, "cell": params} for problem in found]
+
+
+def _cell_problem(problem: Any, params: dict[str, Any], axes: list[tuple[str, list[Any]]]) -> dict[str, Any]:
+    """A child's validation error, located at the grid value that caused it when the field is an axis."""
+    field = ".".join(str(part) for part in problem["loc"])
+    values = dict(axes)
+    loc: list[Any] = ["body", "spec", *problem["loc"]]
+    if field in values:
+        loc = ["body", "grid", field, values[field].index(params[field])]
+    return {"loc": loc, "msg": problem["msg"], "type": problem["type"], "cell": params}
+
+
+def _child_name(name: str | None, params: dict[str, Any], seed: int) -> str:
+    cell = ", ".join(f"{path.rsplit('.', 1)[-1]}={value}" for path, value in params.items())
+    return f"{name or 'sweep'} [{cell}, seed={seed}]"[:200]
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=SweepPublic,
+             dependencies=[Depends(limit_submissions)])
+def create_sweep(body: SweepCreate, key: CurrentKey, session: SessionDep, settings: SettingsDep,
+                 response: Response, publisher: Annotated[Publisher, Depends(get_publisher)],
+                 background: BackgroundTasks,
+                 idempotency_key: Annotated[str | None, Header(max_length=200)] = None) -> Any:
+    """Submit a grid; all its jobs are created (held) or none. Held jobs are released to the queue while the
+    team is under its active-job quota, a few at a time (fair share); see ``store.sweeps``."""
+    problems = webhooks.url_problems(body.callback_url)
+    if problems:
+        raise HTTPException(422, problems)
+    children = plan_children(body, settings)
+    canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True)
+    try:
+        sweep, created = sweeps.create_sweep(
+            session, key, name=body.name, tags=body.tags, priority=body.priority,
+            spec=body.spec.model_dump(mode="json"), axes=[[path, values] for path, values in body.grid.items()],
+            seeds=body.seeds or [body.spec.seed], children=children, idempotency_key=idempotency_key,
+            request_hash=hashlib.sha256(canonical.encode()).hexdigest(), callback_url=body.callback_url,
+            max_held=settings.team_max_held_jobs)
+    except crud.IdempotencyMismatch:
+        raise HTTPException(422, [{"loc": ["header", "Idempotency-Key"], "type": "idempotency_mismatch",
+                                   "msg": "this Idempotency-Key was used with a different request body"}])
+    except sweeps.HeldLimitExceeded:
+        raise HTTPException(429, f"The team already has jobs waiting in sweeps; at most "
+                                 f"{settings.team_max_held_jobs} may wait",
+                            headers={"Retry-After": str(QUOTA_RETRY_SECONDS)})
+    except IntegrityError:
+        raise HTTPException(409, "A request with this Idempotency-Key is being processed")
+    if created:
+        released = sweeps.release_held(session, settings.team_max_active_jobs, settings.sweep_max_waiting,
+                                       team=key.team)
+        background.add_task(publish_all, settings, publisher, released)
+    else:
+        response.status_code = status.HTTP_200_OK
+    return to_public(session, sweep)
+
+
+def publish_all(settings: Settings, publisher: Publisher, released: list[tuple[str, str]]) -> None:
+    """After the commit; a failed publish leaves the job queued and unsent, for the reconciler."""
+    for job_id, queue in released:
+        publish_and_mark(settings, publisher, job_id, queue)
+
+
+def _axes(sweep: Sweep) -> list[tuple[str, list[Any]]]:
+    return [(path, values) for path, values in sweep.axes]
+
+
+def summary_fields(sweep: Sweep, counts: dict[str, int]) -> dict[str, Any]:
+    return {"id": sweep.id, "name": sweep.name, "tags": sweep.tags or [],
+            "status": sweeps.sweep_status(counts, sweep.cancel_requested), "size": sweep.size, "counts": counts,
+            "axes": [{"path": path, "values": values} for path, values in _axes(sweep)], "seeds": sweep.seeds,
+            "created_at": sweep.created_at, "finished_at": sweep.finished_at}
+
+
+def cell_table(session: Session, sweep: Sweep) -> tuple[list[str], list[dict[str, Any]]]:
+    """The child ids (seed-major) and the per-cell summary."""
+    children = [{"id": job.id, "index": job.sweep_index, "status": job.status, "report": job.report}
+                for job in sweeps.children(session, sweep.id)]
+    return [child["id"] for child in children], sweep_table.summarise_cells(_axes(sweep), sweep.seeds, children)
+
+
+def to_public(session: Session, sweep: Sweep) -> SweepPublic:
+    counts = sweeps.child_counts(session, [sweep.id])[sweep.id]
+    jobs, cells = cell_table(session, sweep)
+    return SweepPublic(**summary_fields(sweep, counts), jobs=jobs, cells=cells)
+
+
+@router.get("", response_model=SweepsPublic)
+def read_sweeps(key: CurrentKey, session: SessionDep,
+                limit: Annotated[int, Query(ge=1, le=200)] = 50,
+                offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0) -> Any:
+    """The team's sweeps (admins: every team's), newest first, without their cells."""
+    found, count = sweeps.list_sweeps(session, None if key.role == "admin" else key.team, limit, offset)
+    counts = sweeps.child_counts(session, [sweep.id for sweep in found])
+    return SweepsPublic(data=[SweepSummary(**summary_fields(sweep, counts[sweep.id])) for sweep in found],
+                        count=count)
+
+
+@router.get("/{sweep_id}", response_model=SweepPublic)
+def read_sweep(sweep: OwnedSweep, session: SessionDep) -> Any:
+    """Status, children per status, and per cell: its jobs, final clean and robust accuracy and CO verdicts
+    (mean and standard deviation over the seeds that succeeded)."""
+    return to_public(session, sweep)
+
+
+@router.post("/{sweep_id}/cancel", status_code=status.HTTP_202_ACCEPTED, response_model=SweepPublic)
+def cancel_sweep(sweep: OwnedSweep, session: SessionDep, settings: SettingsDep,
+                 background: BackgroundTasks) -> Any:
+    """Cancel every unfinished child: waiting ones at once, running ones at their next step."""
+    try:
+        sweeps.request_cancel(session, sweep)
+    except crud.NotCancellable:
+        raise HTTPException(409, f"Sweep already {sweep.status}")
+    if sweeps.refresh(session, [sweep.id]):
+        background.add_task(webhooks.notify_sweep, settings, sweep.id)
+    session.refresh(sweep)
+    return to_public(session, sweep)
+
+
+@router.get("/{sweep_id}/events", responses={200: {"content": {"text/event-stream": {}}}})
+async def sweep_events(sweep: OwnedSweep, request: Request, settings: SettingsDep,
+                       last_event_id: Annotated[int | None, Header(ge=0)] = None) -> StreamingResponse:
+    """Server-Sent Events: ``child_finished`` and ``child_co_onset`` (with the child's id, cell and seed),
+    then ``sweep_finished`` with the sweep's status and counts. Resumable with Last-Event-ID."""
+    return StreamingResponse(_event_stream(settings, sweep, last_event_id or 0, request),
+                             media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+async def _event_stream(settings: Settings, sweep: Sweep, after: int, request: Request) -> AsyncIterator[str]:
+    cells = len(sweep_table.grid_cells(_axes(sweep)))
+    idle = 0.0
+    while not await request.is_disconnected():
+        events, finished = await run_in_threadpool(_next_events, settings.database, sweep.id, after)
+        for event_id, kind, job_id, index, data in events:
+            after = event_id
+            name = "child_finished" if kind == "status" else "child_co_onset"
+            payload = {"job_id": job_id, "cell": index % cells, "seed": sweep.seeds[index // cells], **data}
+            if payload.get("error_message"):
+                payload["error_message"] = paths.redact(payload["error_message"], settings)
+            yield f"id: {event_id}\nevent: {name}\ndata: {json.dumps(payload)}\n\n"
+        if finished is not None and not events:
+            yield f"event: sweep_finished\ndata: {json.dumps(finished)}\n\n"
+            return
+        if not events:
+            idle += SSE_POLL_SECONDS
+            if idle >= 15:
+                yield ": keep-alive\n\n"
+                idle = 0.0
+            await asyncio.sleep(SSE_POLL_SECONDS)
+        else:
+            idle = 0.0
+
+
+def _next_events(database: str, sweep_id: str, after: int) -> tuple[list[Any], dict[str, Any] | None]:
+    """The next events, and the sweep's final status and counts once every child finished (read before the
+    events, so none can be missed)."""
+    with session_scope(database) as session:
+        sweep = session.get(Sweep, sweep_id)
+        counts = sweeps.child_counts(session, [sweep_id])[sweep_id]
+        state = sweeps.sweep_status(counts, sweep.cancel_requested) if sweep is not None else "cancelled"
+        finished = {"status": state, "counts": counts} if state in SWEEP_FINISHED_STATES else None
+        events = sweeps.events_after(session, sweep_id, after)
+    return events, finished
+
+
+@router.get("/{sweep_id}/artifacts/{name}", responses={200: {"content": {"image/png": {}, "text/csv": {}}}})
+def read_artifact(sweep: OwnedSweep, session: SessionDep,
+                  name: Annotated[str, Path(max_length=20)]) -> Response:
+    """``heatmap.png`` (robust and clean accuracy and CO onset over the first two axes, seeds averaged),
+    ``table.csv`` or ``table.json``: built from the children's reports at each request, so a running sweep
+    shows what has finished so far."""
+    if name not in ARTIFACTS:
+        raise HTTPException(404, "Artifact not found")
+    _, cells = cell_table(session, sweep)
+    if name == "table.json":
+        return Response(json.dumps({"axes": sweep.axes, "seeds": sweep.seeds, "cells": cells}),
+                        media_type="application/json")
+    if name == "table.csv":
+        return Response(sweep_table.table_csv(_axes(sweep), cells), media_type="text/csv",
+                        headers={"Content-Disposition": f'attachment; filename="{sweep.id}-table.csv"'})
+    title = f"{sweep.name or 'sweep'} ({sweep.id[:8]}): {len(sweep.seeds)} seed(s), means over succeeded seeds"
+    return Response(heatmap(_axes(sweep), cells, title), media_type="image/png")
+
+
+_heatmaps: OrderedDict[str, bytes] = OrderedDict()
+_heatmaps_lock = threading.Lock()
+
+
+def heatmap(axes: list[tuple[str, list[Any]]], cells: list[dict[str, Any]], title: str) -> bytes:
+    """``sweep_table.heatmap_png``, drawn once per distinct table (a dashboard may poll it)."""
+    digest = hashlib.sha256(json.dumps([axes, cells, title], sort_keys=True, default=str).encode()).hexdigest()
+    with _heatmaps_lock:
+        found = _heatmaps.get(digest)
+    if found is None:
+        found = sweep_table.heatmap_png(axes, cells, title)
+    with _heatmaps_lock:
+        _heatmaps[digest] = found
+        _heatmaps.move_to_end(digest)
+        while len(_heatmaps) > HEATMAP_CACHE:
+            _heatmaps.popitem(last=False)
+    return found
