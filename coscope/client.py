@@ -23,7 +23,7 @@ from urllib.parse import quote
 
 import httpx
 
-from store.status import FINISHED_STATES
+from store.status import FINISHED_STATES, SWEEP_FINISHED_STATES
 
 JSON = dict[str, Any]
 Rows = list[JSON]  # module-level alias: inside the class, ``list`` is the method
@@ -74,8 +74,12 @@ def _error_from(response: httpx.Response) -> ClientError:
     return ClientError(message, status_code=response.status_code, detail=detail)
 
 
-def _path(*parts: str) -> str:
-    return "/v1/jobs/" + "/".join(quote(part, safe="") for part in parts)
+def _path(*parts: str, root: str = "/v1/jobs/") -> str:
+    return root + "/".join(quote(part, safe="") for part in parts)
+
+
+def _sweep_path(*parts: str) -> str:
+    return _path(*parts, root="/v1/sweeps/")
 
 
 class CoscopeClient:
@@ -150,6 +154,9 @@ class CoscopeClient:
 
     def download(self, job_id: str, name: str, dest: Path) -> Path:
         """Stream an artifact to ``dest`` (``dest/name`` if it is a folder), never leaving a partial file."""
+        return self._download(_path(job_id, "artifacts", name), name, dest)
+
+    def _download(self, url: str, name: str, dest: Path) -> Path:
         dest = Path(dest)
         if dest.is_dir():
             dest = dest / Path(name).name
@@ -158,7 +165,7 @@ class CoscopeClient:
         try:
             with os.fdopen(handle, "wb") as file:
                 try:
-                    with self._http.stream("GET", _path(job_id, "artifacts", name)) as response:
+                    with self._http.stream("GET", url) as response:
                         if not response.is_success:
                             response.read()
                             raise _error_from(response)
@@ -175,16 +182,16 @@ class CoscopeClient:
     # ---- Events --------------------------------------------------------------------------------
     def events(self, job_id: str, last_event_id: int | None = None) -> Iterator[Event]:
         """Follow a job's events until the server ends the stream (after the terminal status event)."""
-        return self._follow(job_id, last_event_id)
+        return self._follow(_path(job_id, "events"), last_event_id)
 
-    def _follow(self, job_id: str, last_event_id: int | None) -> Generator[Event, None, None]:
+    def _follow(self, url: str, last_event_id: int | None) -> Generator[Event, None, None]:
         failures = 0
         while True:
             headers = {"Accept": "text/event-stream"}
             if last_event_id is not None:
                 headers["Last-Event-ID"] = str(last_event_id)
             try:
-                with self._http.stream("GET", _path(job_id, "events"), headers=headers) as response:
+                with self._http.stream("GET", url, headers=headers) as response:
                     if response.status_code in RETRYABLE_STATUS_CODES and failures < self.stream_retries:
                         raise _Retry
                     if not response.is_success:
@@ -201,14 +208,14 @@ class CoscopeClient:
                 if failures > self.stream_retries:
                     if isinstance(error, httpx.TransportError):
                         raise ServerUnreachable(self.server, error) from error
-                    raise ClientError(f"event stream for job {job_id} kept failing") from error
+                    raise ClientError(f"event stream {url} kept failing") from error
                 time.sleep(min(self.backoff * 2 ** (failures - 1), 10.0))
 
     def wait(self, job_id: str, on_event: Callable[[Event], None] | None = None) -> JSON:
         """Follow events (calling ``on_event`` for each) until a terminal status, then return the job."""
         last_event_id: int | None = None
         while True:
-            stream = self._follow(job_id, last_event_id)
+            stream = self._follow(_path(job_id, "events"), last_event_id)
             try:
                 for event in stream:
                     last_event_id = event.id
@@ -223,6 +230,51 @@ class CoscopeClient:
             if job["status"] in TERMINAL_STATUSES:
                 return job
             time.sleep(self.backoff)
+
+    # ---- Sweeps --------------------------------------------------------------------------------
+    def submit_sweep(self, spec: JSON, grid: dict[str, list[Any]], *, seeds: Iterable[int] | None = None,
+                     name: str | None = None, tags: Iterable[str] = (), priority: int = 0,
+                     queue: str | None = None, callback_url: str | None = None,
+                     idempotency_key: str | None = None) -> JSON:
+        """Create a sweep: ``spec`` for every combination of the ``grid`` axes (dotted spec paths), per seed."""
+        body = {"spec": spec, "grid": grid, "seeds": list(seeds) if seeds is not None else None, "name": name,
+                "tags": list(tags), "priority": priority, "queue": queue, "callback_url": callback_url}
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        result: JSON = self._json("POST", "/v1/sweeps", json=body, headers=headers)
+        return result
+
+    def sweep(self, sweep_id: str) -> JSON:
+        result: JSON = self._json("GET", _sweep_path(sweep_id))
+        return result
+
+    def sweeps(self, limit: int = 50, offset: int = 0) -> JSON:
+        result: JSON = self._json("GET", "/v1/sweeps", params={"limit": limit, "offset": offset})
+        return result
+
+    def cancel_sweep(self, sweep_id: str) -> JSON:
+        result: JSON = self._json("POST", _sweep_path(sweep_id, "cancel"))
+        return result
+
+    def sweep_events(self, sweep_id: str, last_event_id: int | None = None) -> Iterator[Event]:
+        """``child_finished`` and ``child_co_onset`` events, then ``sweep_finished`` (the stream ends)."""
+        return self._follow(_sweep_path(sweep_id, "events"), last_event_id)
+
+    def wait_sweep(self, sweep_id: str, on_event: Callable[[Event], None] | None = None) -> JSON:
+        """Follow the sweep's events (calling ``on_event``) until it finished, then return the sweep."""
+        last_event_id: int | None = None
+        while True:
+            for event in self.sweep_events(sweep_id, last_event_id):
+                last_event_id = event.id
+                if on_event is not None:
+                    on_event(event)
+            sweep = self.sweep(sweep_id)  # the stream ends at sweep_finished, or a proxy cut it: check
+            if sweep["status"] in SWEEP_FINISHED_STATES:
+                return sweep
+            time.sleep(self.backoff)
+
+    def download_sweep(self, sweep_id: str, name: str, dest: Path) -> Path:
+        """``heatmap.png``, ``table.csv`` or ``table.json`` of a sweep, like ``download``."""
+        return self._download(_sweep_path(sweep_id, "artifacts", name), name, dest)
 
     # ``list`` last: in the class body it shadows the builtin for everything defined after it.
     def list(self, status: str | None = None, tag: str | None = None, limit: int = 50,

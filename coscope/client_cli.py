@@ -32,7 +32,7 @@ from coscope.client import (
 )
 from store.status import JOB_STATES
 
-CLIENT_COMMANDS = frozenset({"submit", "status", "watch", "cancel", "download", "jobs"})
+CLIENT_COMMANDS = frozenset({"submit", "status", "watch", "cancel", "download", "jobs", "sweep"})
 STATUSES = JOB_STATES
 
 # The test seam: tests swap in a factory whose clients use httpx.MockTransport.
@@ -93,6 +93,9 @@ def add_client_commands(subparsers: Any) -> None:
     jobs.add_argument("--limit", type=int, default=20)
     for command in (submit, download, jobs):
         add_connection_options(command)
+    from coscope.sweep_cli import add_sweep_commands  # it builds on this module's helpers
+
+    add_sweep_commands(subparsers)
 
 
 # ---- Dispatch ------------------------------------------------------------------------------------
@@ -155,7 +158,9 @@ def _validation_lines(detail: Any) -> Iterator[str]:
         loc = [str(part) for part in problem.get("loc", [])]
         if loc[:1] == ["body"]:
             loc = loc[1:]
-        yield f"{'.'.join(loc) or '(top level)'}: {problem.get('msg', problem)}"
+        cell = problem.get("cell")
+        where = f" (cell {', '.join(f'{path}={value}' for path, value in cell.items())})" if cell else ""
+        yield f"{'.'.join(loc) or '(top level)'}{where}: {problem.get('msg', problem)}"
 
 
 # ---- submit --------------------------------------------------------------------------------------
@@ -395,17 +400,28 @@ def _jobs(args: argparse.Namespace) -> int:
                 if progress.get("total_steps") and isinstance(progress.get("step"), int) else "")
         created = str(job.get("created_at") or "")[:16]
         rows.append((job["id"], job["status"], done, job.get("queue") or "", created, job.get("name") or ""))
-    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
-    for row in rows:
-        _out("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    print_rows(rows)
     if page.get("count", 0) > len(page["data"]):
         _out(f"({len(page['data'])} of {page['count']} jobs; --limit shows more)")
     return 0
 
 
+def print_rows(rows: list[tuple[str, ...]]) -> None:
+    """A left-aligned text table, the first row its header."""
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    for row in rows:
+        _out("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from coscope.sweep_cli import run_sweep_command
+
+    return run_sweep_command(args)
+
+
 _HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "submit": _submit, "status": _status, "watch": _watch, "cancel": _cancel, "download": _download,
-    "jobs": _jobs,
+    "jobs": _jobs, "sweep": _sweep,
 }
 
 
