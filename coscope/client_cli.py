@@ -110,6 +110,9 @@ def run_client_command(args: argparse.Namespace) -> int:
         return _explain(error)
     except KeyboardInterrupt:
         job_id = getattr(args, "job_id", None)
+        if getattr(args, "sweep_command", None) == "submit":
+            _err("coscope: interrupted; the sweep keeps running (`coscope sweep cancel ID` stops it)")
+            return 130
         _err("coscope: interrupted" + (f"; job {job_id} keeps running (`coscope cancel {job_id}` stops it)"
                                        if job_id else ""))
         return 130

@@ -7,6 +7,7 @@ server failed the call, 2 bad input (a malformed ``--axis``, a 422 naming the fi
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 from typing import Any
 
@@ -47,13 +48,45 @@ def add_sweep_commands(subparsers: Any) -> None:
 
 
 def parse_axis(text: str) -> tuple[str, list[Any]]:
-    """``intervention.beta=0,4,8`` -> ("intervention.beta", [0, 4, 8]); values are YAML scalars."""
+    """``intervention.beta=0,4,8`` -> ("intervention.beta", [0, 4, 8]); values are YAML scalars (numbers,
+    booleans, words); anything else exits 2 here, before a request is sent."""
     path, equals, values = text.partition("=")
-    items = [item.strip() for item in values.split(",")]
-    if not equals or not path.strip() or not all(items):
-        _err(f"coscope: --axis {text!r}: expected PATH=V1,V2,... (e.g. intervention.beta=0,4,8)")
+    try:
+        parsed = [yaml.safe_load(item.strip()) for item in values.split(",")]
+    except yaml.YAMLError:
+        parsed = []
+    if not equals or not path.strip() or not parsed or not all(_scalar(value) for value in parsed):
+        _err(f"coscope: --axis {text!r}: expected PATH=V1,V2,... of numbers, booleans or words "
+             "(e.g. intervention.beta=0,4,8)")
         raise _Abort(2)
-    return path.strip(), [yaml.safe_load(item) for item in items]
+    return path.strip(), parsed
+
+
+def _scalar(value: Any) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return isinstance(value, bool | int) or (isinstance(value, str) and bool(value))
+
+
+def parse_grid(axes: list[str]) -> dict[str, list[Any]]:
+    grid: dict[str, list[Any]] = {}
+    for text in axes:
+        path, values = parse_axis(text)
+        if path in grid:
+            _err(f"coscope: --axis {path} is given twice; list all its values in one --axis")
+            raise _Abort(2)
+        grid[path] = values
+    return grid
+
+
+def parse_seeds(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(seed) for seed in text.split(",")]
+    except ValueError:
+        _err(f"coscope: --seeds {text!r}: expected S1,S2,... of whole numbers")
+        raise _Abort(2) from None
 
 
 def run_sweep_command(args: argparse.Namespace) -> int:
@@ -62,8 +95,7 @@ def run_sweep_command(args: argparse.Namespace) -> int:
 
 
 def _submit(args: argparse.Namespace) -> int:
-    grid = dict(parse_axis(text) for text in args.axis)
-    seeds = [int(seed) for seed in args.seeds.split(",")] if args.seeds else None
+    grid, seeds = parse_grid(args.axis), parse_seeds(args.seeds)
     spec = _read_spec(args.spec)
     with _connect(args.server, args.key) as client:
         sweep = client.submit_sweep(spec, grid, seeds=seeds, name=args.name, tags=args.tags,
@@ -134,7 +166,7 @@ def _counts(counts: dict[str, int]) -> str:
 def _print_sweep(sweep: dict[str, Any]) -> None:
     _out(f"sweep {sweep['id']} {sweep['status']}: {_counts(sweep['counts'])}")
     paths = [axis["path"] for axis in sweep["axes"]]
-    rows = [(*paths, "CLEAN %", "ROBUST %", "CO", "SEEDS")]
+    rows = [(*paths, "CLEAN %", "ROBUST %", "CO", "VERDICTS")]  # verdicts: seeds succeeded / seeds
     for cell in sweep["cells"]:
         rows.append((*(str(cell["params"][path]) for path in paths), _percent(cell["clean_accuracy"]),
                      _percent(cell["robust_accuracy"]), co_text(cell), f"{cell['co']['measured']}/{len(cell['jobs'])}"))

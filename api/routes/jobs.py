@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import hashlib
 import io
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import (APIRouter, BackgroundTasks, Depends, Header, HTTPException, Query, Request, Response,
                      status)
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, StreamingResponse
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from api import limits, paths
+from api import limits, paths, sse
 from api.deps import (CurrentKey, OwnedJob, SessionDep, SettingsDep, get_current_key, get_publisher,
                       limit_submissions)
 from api.queue import Publisher, publish_and_mark
@@ -32,7 +29,6 @@ from store.settings import Settings
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(get_current_key)])
 ARTIFACTS = ("report.json", "metrics.jsonl", "summary.md", "curves.png", "checkpoint.pt", "best.pt")
-SSE_POLL_SECONDS = 0.5
 QUOTA_RETRY_SECONDS = 60  # Retry-After when the team's active-job quota is full
 
 
@@ -128,38 +124,27 @@ async def job_events(job: OwnedJob, request: Request, settings: SettingsDep,
                      last_event_id: Annotated[int | None, Header(ge=0)] = None) -> StreamingResponse:
     """Server-Sent Events: status, progress, epoch and monitor metrics, CO onset. Resumable with
     Last-Event-ID; the stream ends after the job's final status."""
-    return StreamingResponse(_event_stream(settings, job.id, last_event_id or 0, request),
+    return StreamingResponse(sse.follow(request, _job_events(settings, job.id), last_event_id or 0),
                              media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-async def _event_stream(settings: Settings, job_id: str, after: int, request: Request) -> AsyncIterator[str]:
-    idle = 0.0
-    while not await request.is_disconnected():
-        events, finished = await run_in_threadpool(_next_events, settings.database, job_id, after)
-        for event in events:
-            after, data = event[0], event[2]
-            if data.get("error_message"):
-                data = {**data, "error_message": paths.redact(data["error_message"], settings)}
-            yield f"id: {event[0]}\nevent: {event[1]}\ndata: {json.dumps(data)}\n\n"
-        if finished and not events:
-            return
-        if not events:
-            idle += SSE_POLL_SECONDS
-            if idle >= 15:
-                yield ": keep-alive\n\n"
-                idle = 0.0
-            await asyncio.sleep(SSE_POLL_SECONDS)
-        else:
-            idle = 0.0
+def _job_events(settings: Settings, job_id: str) -> sse.Fetch:
+    def fetch(after: int) -> tuple[list[sse.Frame], list[sse.Frame] | None]:
+        with session_scope(settings.database) as session:
+            job = session.get(Job, job_id)
+            finished = job is None or job.status in FINISHED_STATES  # read before the events: none can be missed
+            events = [(e.id, e.type, redacted(e.data, settings)) for e in crud.events_after(session, job_id, after)]
+        return events, [] if finished else None
+
+    return fetch
 
 
-def _next_events(database: str, job_id: str, after: int) -> tuple[list[tuple[int, str, dict[str, Any]]], bool]:
-    with session_scope(database) as session:
-        job = session.get(Job, job_id)
-        finished = job is None or job.status in FINISHED_STATES  # read before the events: none can be missed
-        events = [(e.id, e.type, e.data) for e in crud.events_after(session, job_id, after)]
-    return events, finished
+def redacted(data: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """An event's data with server paths out of its error message."""
+    if data.get("error_message"):
+        return {**data, "error_message": paths.redact(data["error_message"], settings)}
+    return data
 
 
 @router.get("/{job_id}/report")

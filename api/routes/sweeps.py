@@ -3,27 +3,25 @@ the table and heatmap as artifacts. Children are ordinary jobs (``/v1/jobs``), t
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import hashlib
 import json
 import threading
 from collections import OrderedDict
-from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import (APIRouter, BackgroundTasks, Depends, Header, HTTPException, Path, Query, Request, Response,
                      status)
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from api import limits, paths, sweep_table
+from api import limits, paths, sse, sweep_table
 from api.deps import CurrentKey, SessionDep, SettingsDep, get_current_key, get_publisher, limit_submissions
 from api.queue import Publisher, publish_and_mark
-from api.routes.jobs import SSE_POLL_SECONDS, QUOTA_RETRY_SECONDS
+from api.routes.jobs import QUOTA_RETRY_SECONDS, redacted
 from api.schemas import SweepCreate, SweepPublic, SweepsPublic, SweepSummary
 from core.cost import default_queue, estimate_cost
 from core.spec import JobSpec, leaf_paths
@@ -235,46 +233,28 @@ async def sweep_events(sweep: OwnedSweep, request: Request, settings: SettingsDe
                        last_event_id: Annotated[int | None, Header(ge=0)] = None) -> StreamingResponse:
     """Server-Sent Events: ``child_finished`` and ``child_co_onset`` (with the child's id, cell and seed),
     then ``sweep_finished`` with the sweep's status and counts. Resumable with Last-Event-ID."""
-    return StreamingResponse(_event_stream(settings, sweep, last_event_id or 0, request),
+    return StreamingResponse(sse.follow(request, _sweep_events(settings, sweep), last_event_id or 0),
                              media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-async def _event_stream(settings: Settings, sweep: Sweep, after: int, request: Request) -> AsyncIterator[str]:
-    cells = len(sweep_table.grid_cells(_axes(sweep)))
-    idle = 0.0
-    while not await request.is_disconnected():
-        events, finished = await run_in_threadpool(_next_events, settings.database, sweep.id, after)
-        for event_id, kind, job_id, index, data in events:
-            after = event_id
-            name = "child_finished" if kind == "status" else "child_co_onset"
-            payload = {"job_id": job_id, "cell": index % cells, "seed": sweep.seeds[index // cells], **data}
-            if payload.get("error_message"):
-                payload["error_message"] = paths.redact(payload["error_message"], settings)
-            yield f"id: {event_id}\nevent: {name}\ndata: {json.dumps(payload)}\n\n"
-        if finished is not None and not events:
-            yield f"event: sweep_finished\ndata: {json.dumps(finished)}\n\n"
-            return
-        if not events:
-            idle += SSE_POLL_SECONDS
-            if idle >= 15:
-                yield ": keep-alive\n\n"
-                idle = 0.0
-            await asyncio.sleep(SSE_POLL_SECONDS)
-        else:
-            idle = 0.0
+def _sweep_events(settings: Settings, sweep: Sweep) -> sse.Fetch:
+    cells, seeds = len(sweep_table.grid_cells(_axes(sweep))), sweep.seeds
 
+    def fetch(after: int) -> tuple[list[sse.Frame], list[sse.Frame] | None]:
+        with session_scope(settings.database) as session:
+            counts = sweeps.child_counts(session, [sweep.id])[sweep.id]  # before the events: none can be missed
+            cancelled = bool(session.scalar(select(Sweep.cancel_requested).where(Sweep.id == sweep.id)))
+            found = sweeps.events_after(session, sweep.id, after)
+        events = [(event_id, "child_finished" if kind == "status" else "child_co_onset",
+                   {"job_id": job_id, "cell": index % cells, "seed": seeds[index // cells],
+                    **redacted(data, settings)}) for event_id, kind, job_id, index, data in found]
+        state = sweeps.sweep_status(counts, cancelled)
+        if state not in SWEEP_FINISHED_STATES:
+            return events, None
+        return events, [(None, "sweep_finished", {"status": state, "counts": counts})]
 
-def _next_events(database: str, sweep_id: str, after: int) -> tuple[list[Any], dict[str, Any] | None]:
-    """The next events, and the sweep's final status and counts once every child finished (read before the
-    events, so none can be missed)."""
-    with session_scope(database) as session:
-        sweep = session.get(Sweep, sweep_id)
-        counts = sweeps.child_counts(session, [sweep_id])[sweep_id]
-        state = sweeps.sweep_status(counts, sweep.cancel_requested) if sweep is not None else "cancelled"
-        finished = {"status": state, "counts": counts} if state in SWEEP_FINISHED_STATES else None
-        events = sweeps.events_after(session, sweep_id, after)
-    return events, finished
+    return fetch
 
 
 @router.get("/{sweep_id}/artifacts/{name}", responses={200: {"content": {"image/png": {}, "text/csv": {}}}})

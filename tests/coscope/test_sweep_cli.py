@@ -60,6 +60,9 @@ def test_submit_wait_prints_the_table_of_the_sweep_and_download_writes_its_artif
 
 
 @pytest.mark.parametrize(("axis", "named"), [("training.epsilon", "--axis 'training.epsilon'"),
+                                             ("training.epsilon=.nan", "--axis 'training.epsilon=.nan'"),
+                                             ("training.epsilon=[1", "--axis 'training.epsilon=[1'"),
+                                             ("training.epsilon=2020-01-01", "numbers, booleans or words"),
                                              ("training.epsilon=4,300", "grid.training.epsilon.1 (cell "
                                                                         "training.epsilon=300)")])
 def test_a_bad_axis_exits_2_naming_it(server, spec_file, axis, named):
@@ -78,3 +81,17 @@ def test_the_python_client_cancels_a_sweep_and_waits_for_its_end(server):
     assert final["status"] == "cancelled" and final["counts"] == {"cancelled": 4}
     assert sorted(e.data["job_id"] for e in events if e.type == "child_finished") == sorted(sweep["jobs"])
     assert events[-1].type == "sweep_finished"
+
+
+def test_axes_and_seeds_parse_to_scalars_and_refuse_repeats_and_non_numbers(capsys):
+    from coscope.client_cli import _Abort
+    from coscope.sweep_cli import parse_grid, parse_seeds
+
+    assert parse_grid(["intervention.beta=0,4.5", "training.method=fgsm,n_fgsm", "dataset.augment=true"]) == {
+        "intervention.beta": [0, 4.5], "training.method": ["fgsm", "n_fgsm"], "dataset.augment": [True]}
+    assert parse_seeds("0,1,2") == [0, 1, 2] and parse_seeds(None) is None
+    for call in (lambda: parse_grid(["training.epsilon=2", "training.epsilon=4"]), lambda: parse_seeds("0,x")):
+        with pytest.raises(_Abort) as aborted:
+            call()
+        assert aborted.value.code == 2
+    assert "given twice" in capsys.readouterr().err
