@@ -16,10 +16,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.main import create_app
-from api.queue import Publisher, Reconciler
+from api.queue import Publisher, Reconciler, SweepKeeper
 from store import crud, webhooks
 from store.db import session_scope
-from store.models import Job, JobEvent
+from store.models import Job, JobEvent, Sweep
 from store.settings import Settings
 from tests.api.utils import PUBLIC_HOOK, SPEC, key_headers, set_status
 
@@ -257,3 +257,22 @@ def test_the_worker_sends_co_onset_and_the_final_status(settings, monkeypatch):
         verdicts = [e.data for e in session.query(JobEvent).filter_by(job_id=job_id, type="co_verdict")]
         assert verdicts == [events[1]["co"]] and session.get(Job, job_id).co == events[1]["co"]
     _wait_for(lambda: len(_webhook_events(settings, job_id)) == 2)
+
+
+def test_a_sweep_sends_sweep_finished_once_signed_and_records_the_outcome(settings, monkeypatch):
+    callee = Callee(200)
+    monkeypatch.setattr(webhooks, "TRANSPORT", callee.transport)
+    with TestClient(create_app(settings, reconcile=False)) as client:
+        headers = key_headers(settings)
+        sweep = client.post("/v1/sweeps", json={"spec": SPEC, "grid": {"training.epsilon": [2, 4]},
+                                                "callback_url": PUBLIC_HOOK}, headers=headers).json()
+        assert client.post(f"/v1/sweeps/{sweep['id']}/cancel", headers=headers).json()["status"] == "cancelled"
+        keeper = SweepKeeper(settings, client.app.state.publisher)
+        assert keeper.keep_once() == ([], [])  # finished by the cancel: no second sweep.finished
+    (request,) = callee.requests
+    assert request.headers[webhooks.SIGNATURE_HEADER] == webhooks.sign(request.content, SECRET)
+    assert json.loads(request.content) == {"event": "sweep.finished", "sweep_id": sweep["id"],
+                                           "status": "cancelled", "counts": {"cancelled": 2}}
+    with session_scope(settings.database) as session:
+        assert session.get(Sweep, sweep["id"]).webhook == {"event": "sweep.finished", "outcome": "delivered",
+                                                            "status_code": 200, "tries": 1}
