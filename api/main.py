@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 
 from api.limits import BodySizeLimit, RateLimiter
 from api.queue import Publisher, Reconciler, SweepKeeper
-from api.routes import admin, health, jobs, sweeps
+from api.routes import admin, health, jobs, me, sweeps
 from store.db import get_engine
 from store.settings import Settings, get_settings
 
@@ -50,6 +50,7 @@ def create_app(settings: Settings | None = None, reconcile: bool = True) -> Fast
     app.include_router(jobs.router)
     app.include_router(sweeps.router)
     app.include_router(admin.router)
+    app.include_router(me.router)
     return app
 
 

@@ -26,6 +26,12 @@ class JobError(BaseModel):
     message: str | None
 
 
+class FinalAccuracy(BaseModel):
+    """The report's final test accuracies (robust: under its PGD attack), in [0, 1]."""
+    clean_accuracy: float | None
+    robust_accuracy: float | None
+
+
 class JobSummary(BaseModel):
     """A job as lists show it: everything of ``JobPublic`` but the spec (lists never read the spec or the
     report; ``GET /v1/jobs/{id}`` has the spec)."""
@@ -40,6 +46,7 @@ class JobSummary(BaseModel):
     progress: dict[str, Any]
     co: dict[str, Any] | None
     error: JobError | None
+    final: FinalAccuracy | None  # once the job succeeded with a report
     created_at: dt.datetime
     started_at: dt.datetime | None
     finished_at: dt.datetime | None

@@ -20,7 +20,7 @@ from sqlalchemy import ColumnElement, cast, exists, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, load_only
 
-from store.models import ApiKey, Job, JobEvent, MetricRow, utcnow
+from store.models import ApiKey, Job, JobEvent, MetricRow, report_numbers, utcnow
 from store.status import ACTIVE_STATES, FINISHED_STATES, UNSENT_STATES
 
 KEY_PREFIX = "cs_"
@@ -123,7 +123,7 @@ def get_team_job(session: Session, job_id: str, team: str | None) -> Job | None:
 JOB_ORDER = (Job.created_at.desc(), Job.id)  # newest first; the list indexes of store.models hold this order
 LIST_COLUMNS = (Job.id, Job.team, Job.name, Job.tags, Job.priority, Job.queue, Job.status, Job.attempt,
                 Job.progress, Job.co, Job.error_code, Job.error_message, Job.created_at, Job.started_at,
-                Job.finished_at)  # what a list entry shows: never the spec or the report
+                Job.finished_at, Job.final_clean_accuracy, Job.final_robust_accuracy)  # what a list entry shows: never the spec or the report
 
 
 def list_jobs(session: Session, team: str | None, status: str | None, tag: str | None, limit: int,
@@ -313,17 +313,10 @@ def finish(session: Session, job_id: str, attempt: int, status: str, *, report: 
                               "error_code": error_code, "error_message": error_message}
     if report is not None:
         values["report"] = report
-        values["train_images_per_second"] = train_images_per_second(report)
+        values.update(report_numbers(report))
     _fence(session, job_id, attempt, **values)
     add_event(session, job_id, attempt, "status", {"status": status, "error_code": error_code,
                                                    "error_message": error_message})
-
-
-def train_images_per_second(report: dict[str, Any]) -> float | None:
-    """The training throughput a report states (``timing``), None when it times no training (a dry run)."""
-    timing = report.get("timing")
-    rate = timing.get("train_images_per_second") if isinstance(timing, dict) else None
-    return float(rate) if isinstance(rate, int | float) else None
 
 
 def _finish(session: Session, job: Job, status: str, code: str | None, message: str | None) -> None:

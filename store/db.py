@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event, inspect, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from store.models import Base, Job
+from store.models import REPORT_COLUMNS, Base, Job
 
 
 def json_safe(value: Any) -> Any:
@@ -62,8 +62,7 @@ def get_engine(url: str) -> Engine:
     else:
         engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, json_serializer=json_dumps)
     Base.metadata.create_all(engine)
-    if ("jobs", "train_images_per_second") in _add_new_columns(engine):
-        _fill_train_images_per_second(engine)
+    _fill_from_reports(engine, {column for table, column in _add_new_columns(engine) if table == "jobs"})
     _add_new_indexes(engine)
     return engine
 
@@ -88,11 +87,13 @@ def _add_new_columns(engine: Engine) -> set[tuple[str, str]]:
     return added
 
 
-def _fill_train_images_per_second(engine: Engine) -> None:
-    """``jobs.train_images_per_second`` was just added: copy it from the reports written before (once)."""
-    rate = Job.report[("timing", "train_images_per_second")].as_float()
-    with engine.begin() as connection:
-        connection.execute(update(Job).where(Job.report.is_not(None)).values(train_images_per_second=rate))
+def _fill_from_reports(engine: Engine, added: set[str]) -> None:
+    """Columns copied from the report at finish (``store.models.REPORT_COLUMNS``) that were just added: copy them from
+    the reports written before (once)."""
+    values = {column: Job.report[path].as_float() for column, path in REPORT_COLUMNS.items() if column in added}
+    if values:
+        with engine.begin() as connection:
+            connection.execute(update(Job).where(Job.report.is_not(None)).values(**values))
 
 
 def _add_new_indexes(engine: Engine) -> None:

@@ -70,9 +70,11 @@ class Job(Base):
     progress: Mapped[dict[str, Any]] = mapped_column(default=dict)  # epoch, step, total_steps, eta_seconds
     co: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # live CO verdict so far
     report: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # written once, at success; never in lists
-    # the report's timing.train_images_per_second, copied at finish so /metrics averages it without reading
-    # every report (dry runs time no training: NULL)
+    # numbers copied from the report at finish (REPORT_COLUMNS): /metrics averages the training throughput
+    # (dry runs time no training: NULL) and lists show the final accuracies, without reading any report
     train_images_per_second: Mapped[float | None] = mapped_column(Float)
+    final_clean_accuracy: Mapped[float | None] = mapped_column(Float)
+    final_robust_accuracy: Mapped[float | None] = mapped_column(Float)
     error_code: Mapped[str | None] = mapped_column(String(50))
     error_message: Mapped[str | None] = mapped_column(Text)
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
@@ -148,6 +150,21 @@ class MetricRow(Base):
     step: Mapped[int] = mapped_column(Integer)
     attempt: Mapped[int] = mapped_column(Integer)
     data: Mapped[dict[str, Any]] = mapped_column()
+
+
+REPORT_COLUMNS = {"train_images_per_second": ("timing", "train_images_per_second"),
+                  "final_clean_accuracy": ("final", "clean_accuracy"),
+                  "final_robust_accuracy": ("final", "robust_accuracy")}  # Job column -> path in the report
+
+
+def report_numbers(report: dict[str, Any]) -> dict[str, float | None]:
+    """The ``REPORT_COLUMNS`` values of a report: None where the report has no number there."""
+    values: dict[str, float | None] = {}
+    for column, (section, name) in REPORT_COLUMNS.items():
+        part = report.get(section)
+        value = part.get(name) if isinstance(part, dict) else None
+        values[column] = float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+    return values
 
 
 class JobEvent(Base):

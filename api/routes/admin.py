@@ -35,10 +35,11 @@ def read_all_jobs(session: SessionDep, settings: SettingsDep,
                   team: Annotated[str | None, Query(max_length=100)] = None,
                   status_: Annotated[JobStatus | None,
                                      Query(alias="status")] = None,
+                  tag: Annotated[str | None, Query(max_length=100)] = None,
                   limit: Annotated[int, Query(ge=1, le=200)] = 50,
                   offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0) -> Any:
     """Every team's jobs (or one team's), newest first, without their specs."""
-    jobs, count = crud.list_jobs(session, team, status_, None, limit, offset)
+    jobs, count = crud.list_jobs(session, team, status_, tag, limit, offset)
     return AdminJobsPublic(data=[to_admin_summary(job, settings) for job in jobs], count=count)
 
 

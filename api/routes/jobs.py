@@ -34,13 +34,15 @@ QUOTA_RETRY_SECONDS = 60  # Retry-After when the team's active-job quota is full
 
 def summary_fields(job: Job, settings: Settings) -> dict[str, Any]:
     """The fields of a list entry: only columns that ``crud.list_jobs`` loads (``crud.LIST_COLUMNS``)."""
-    error = None
+    error = final = None
     if job.error_code:
         error = {"code": job.error_code, "message": paths.redact(job.error_message, settings)}
+    if job.final_clean_accuracy is not None or job.final_robust_accuracy is not None:
+        final = {"clean_accuracy": job.final_clean_accuracy, "robust_accuracy": job.final_robust_accuracy}
     return {"id": job.id, "name": job.name, "tags": job.tags or [], "priority": job.priority,
             "queue": job.queue, "status": job.status, "attempt": job.attempt, "progress": job.progress or {},
-            "co": job.co, "error": error, "created_at": job.created_at, "started_at": job.started_at,
-            "finished_at": job.finished_at}
+            "co": job.co, "error": error, "final": final, "created_at": job.created_at,
+            "started_at": job.started_at, "finished_at": job.finished_at}
 
 
 def to_public(job: Job, settings: Settings) -> JobPublic:

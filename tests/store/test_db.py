@@ -34,19 +34,26 @@ def test_an_old_store_gains_the_callback_url_column(tmp_path):
     assert "callback_url" in columns
 
 
-def test_an_old_store_gains_the_throughput_column_filled_from_its_reports(tmp_path):
-    jobs = [{"id": job_id, "report": report}
-            for job_id, report in (("timed", '{"timing": {"train_images_per_second": 512.5}}'),
-                                   ("dry", '{"dry_run": true}'), ("queued", None))]
-    url = old_store(tmp_path, "ALTER TABLE jobs DROP COLUMN train_images_per_second",
+def test_an_old_store_gains_the_report_columns_filled_from_its_reports(tmp_path):
+    """The throughput and the final accuracies (``store.models.REPORT_COLUMNS``) of jobs finished before the
+    columns existed are copied from their reports once."""
+    reports = {"timed": {"timing": {"train_images_per_second": 512.5},
+                         "final": {"clean_accuracy": 0.75, "robust_accuracy": 0.25}},
+               "dry": {"dry_run": True}, "queued": None}
+    jobs = [{"id": job_id, "report": None if report is None else json.dumps(report)}
+            for job_id, report in reports.items()]
+    url = old_store(tmp_path, *(f"ALTER TABLE jobs DROP COLUMN {column}" for column in
+                                ("train_images_per_second", "final_clean_accuracy", "final_robust_accuracy")),
                     "INSERT INTO api_keys (id, name, team, role, key_hash, created_at, revoked) "
                     "VALUES ('k', 'k', 'a', 'member', 'h', '2026-01-01', 0)",
                     rows=(("INSERT INTO jobs (id, team, owner_key_id, tags, priority, queue, spec, status, attempt, "
                            "cancel_requested, progress, report, created_at) VALUES (:id, 'a', 'k', '[]', 0, 'cpu', "
                            "'{}', 'succeeded', 1, 0, '{}', :report, '2026-01-01')", jobs),))
     with get_engine(url).connect() as connection:
-        rates = dict(connection.execute(text("SELECT id, train_images_per_second FROM jobs")).all())
-    assert rates == {"timed": 512.5, "dry": None, "queued": None}
+        rows = connection.execute(text("SELECT id, train_images_per_second, final_clean_accuracy, "
+                                       "final_robust_accuracy FROM jobs")).all()
+    assert {row[0]: tuple(row[1:]) for row in rows} == {
+        "timed": (512.5, 0.75, 0.25), "dry": (None, None, None), "queued": (None, None, None)}
 
 
 def test_an_old_store_gains_the_list_and_reconciler_indexes(tmp_path):

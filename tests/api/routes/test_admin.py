@@ -30,6 +30,9 @@ def test_read_all_jobs_spans_teams_and_filters(client, settings, admin):
     client.post(f"/v1/jobs/{job_a['id']}/cancel", headers=a)
     cancelled = client.get("/v1/admin/jobs", params={"status": "cancelled"}, headers=admin).json()
     assert [job["id"] for job in cancelled["data"]] == [job_a["id"]]
+    tagged = _submit(client, b, tags=["probe"])
+    by_tag = client.get("/v1/admin/jobs", params={"tag": "probe"}, headers=admin).json()
+    assert [(job["id"], job["team"]) for job in by_tag["data"]] == [(tagged["id"], "b")]
     assert client.get("/v1/admin/jobs", params={"limit": 201}, headers=admin).status_code == 422
 
 

@@ -124,6 +124,28 @@ def test_health_readiness_and_prometheus_need_no_key(client, settings):
     assert 'coscope_jobs{state="queued"} 1.0' in metrics and 'coscope_queue_depth{queue="cpu"} 1.0' in metrics
 
 
+def test_list_entries_carry_the_final_accuracies_of_the_report(client, settings):
+    """Lists never read reports: the final accuracies are copied at finish (``store.models.REPORT_COLUMNS``)."""
+    headers = _key(settings)
+    done, waiting = (client.post("/v1/jobs", json={"spec": SPEC}, headers=headers).json() for _ in range(2))
+    with session_scope(settings.database) as session:
+        attempt = crud.claim(session, done["id"], "w", 60, 3).attempt
+        crud.finish(session, done["id"], attempt, "succeeded",
+                    report={"final": {"clean_accuracy": 0.625, "robust_accuracy": 0.375}})
+    listed = {job["id"]: job["final"] for job in client.get("/v1/jobs", headers=headers).json()["data"]}
+    assert listed == {done["id"]: {"clean_accuracy": 0.625, "robust_accuracy": 0.375}, waiting["id"]: None}
+    assert client.get(f"/v1/jobs/{done['id']}", headers=headers).json()["final"]["robust_accuracy"] == 0.375
+
+
+def test_me_is_the_callers_own_key_without_its_secret(client, settings):
+    response = client.get("/v1/me", headers=_key(settings, team="lab", role="admin"))
+    assert response.status_code == 200
+    me = response.json()
+    assert (me["name"], me["team"], me["role"], me["revoked"]) == ("k", "lab", "admin", False)
+    assert "key" not in me and "key_hash" not in me
+    assert client.get("/v1/me").status_code == 401
+
+
 def test_dry_run_goes_to_the_cpu_queue_and_its_report_does_not_break_prometheus(client, settings):
     headers = _key(settings)
     paper_sized = {"dry_run": True, "dataset": {"name": "cifar10"}}  # the gpu queue if it trained
