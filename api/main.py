@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 
 from api.limits import BodySizeLimit, RateLimiter
 from api.queue import Publisher, Reconciler, SweepKeeper
-from api.routes import admin, health, jobs, me, sweeps
+from api.routes import admin, health, jobs, me, sweeps, ui
 from store.db import get_engine
 from store.settings import Settings, get_settings
 
@@ -43,6 +43,7 @@ def create_app(settings: Settings | None = None, reconcile: bool = True) -> Fast
     app.state.publisher = Publisher(settings)
     app.state.limiter = RateLimiter(settings.team_submits_per_minute)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(ui.UiSecurityHeaders)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(Exception, internal_error)
     app.dependency_overrides[get_settings] = lambda: settings
@@ -51,6 +52,8 @@ def create_app(settings: Settings | None = None, reconcile: bool = True) -> Fast
     app.include_router(sweeps.router)
     app.include_router(admin.router)
     app.include_router(me.router)
+    app.include_router(ui.router)
+    app.mount("/ui/static", ui.static_files, name="ui-static")
     return app
 
 
