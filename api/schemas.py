@@ -5,9 +5,46 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from core.spec import JobSpec
+
+TEAM_EXPERIMENT_PREFIX = "coscope/"  # a team's default MLflow experiment is coscope/<team>
+# MLflow names: printable, no control characters; tag keys as MLflow allows them (letters, digits, _-./ space)
+ExperimentName = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.,:@()/ -]+$")]
+RESERVED_TAG_PREFIXES = ("coscope.", "mlflow.")  # the worker's and MLflow's own run tags
+
+
+def _unreserved(key: str) -> str:
+    if key.startswith(RESERVED_TAG_PREFIXES):
+        raise ValueError(f"tag keys starting with {' or '.join(RESERVED_TAG_PREFIXES)} are reserved")
+    return key
+
+
+TagKey = Annotated[str, Field(min_length=1, max_length=250, pattern=r"^[A-Za-z0-9_./ -]+$"),
+                   AfterValidator(_unreserved)]
+TagValue = Annotated[str, Field(max_length=500)]
+
+
+class Tracking(BaseModel):
+    """Where a job's MLflow run goes (when the workers have ``COSCOPE_MLFLOW_TRACKING_URI``): an experiment
+    (default ``coscope/<team>``) and extra run tags. The ``coscope.`` and ``mlflow.`` tag keys are the
+    worker's own. No server address or credentials here: those are the workers' settings."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    experiment: ExperimentName | None = None
+    tags: dict[TagKey, TagValue] = Field(default_factory=dict, max_length=20)
+
+    def problems(self, team: str) -> list[dict[str, Any]]:
+        """Another team's experiments (``coscope/<team>`` and below it) are not this team's to write to."""
+        name, own = self.experiment, TEAM_EXPERIMENT_PREFIX + team
+        if name is not None and name.startswith(TEAM_EXPERIMENT_PREFIX) and not (
+                name == own or name.startswith(own + "/")):
+            return [{"loc": ["body", "tracking", "experiment"], "type": "foreign_experiment",
+                     "msg": f"experiments under {TEAM_EXPERIMENT_PREFIX} belong to their team; "
+                            f"use {TEAM_EXPERIMENT_PREFIX}{team} or a name outside it"}]
+        return []
 
 
 class JobCreate(BaseModel):
@@ -19,6 +56,7 @@ class JobCreate(BaseModel):
     priority: int = Field(0, ge=0, le=9)
     queue: Literal["cpu", "gpu"] | None = None  # None: core.cost.default_queue (by estimated cost)
     callback_url: str | None = Field(None, min_length=1, max_length=2000)  # webhook; see store/webhooks.py
+    tracking: Tracking | None = None  # MLflow experiment and tags (worker/mlflow_run.py)
 
 
 class JobError(BaseModel):

@@ -80,7 +80,8 @@ def revoke_key(session: Session, key_id: str) -> ApiKey | None:
 
 def create_job(session: Session, owner: ApiKey, spec: dict[str, Any], *, name: str | None, tags: list[str],
                priority: int, queue: str, idempotency_key: str | None, request_hash: str,
-               callback_url: str | None = None, max_active: int | None = None) -> tuple[Job, bool]:
+               callback_url: str | None = None, max_active: int | None = None,
+               tracking: dict[str, Any] | None = None) -> tuple[Job, bool]:
     """Insert a queued job, or return the one created earlier with the same idempotency key and body.
     With ``max_active``, a team already holding that many queued and running jobs gets ``QuotaExceeded``
     (a replay of an existing job does not count)."""
@@ -95,7 +96,7 @@ def create_job(session: Session, owner: ApiKey, spec: dict[str, Any], *, name: s
         raise QuotaExceeded(owner.team)
     job = Job(team=owner.team, owner_key_id=owner.id, spec=spec, name=name, tags=tags, priority=priority,
               queue=queue, idempotency_key=idempotency_key, request_hash=request_hash, status="queued",
-              callback_url=callback_url)
+              callback_url=callback_url, tracking=tracking)
     session.add(job)
     session.flush()  # a concurrent duplicate key fails here with IntegrityError
     add_event(session, job.id, 0, "status", {"status": "queued"})

@@ -80,6 +80,8 @@ class Job(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
     request_hash: Mapped[str | None] = mapped_column(String(64))
     callback_url: Mapped[str | None] = mapped_column(String(2000))  # webhook; checked at submit and at send
+    # MLflow: the request's experiment and extra tags (api.schemas.Tracking); None: the team's experiment
+    tracking: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     enqueued_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
     started_at: Mapped[dt.datetime | None] = mapped_column(DateTime)

@@ -57,7 +57,8 @@ def create_job(body: JobCreate, key: CurrentKey, session: SessionDep, settings: 
     """Submit a job; with an Idempotency-Key, the same key and body return the same job."""
     problems = [*paths.spec_path_problems(body.spec),
                 *limits.budget_problems(body.spec, settings.team_budget),
-                *webhooks.url_problems(body.callback_url)]
+                *webhooks.url_problems(body.callback_url),
+                *(body.tracking.problems(key.team) if body.tracking else [])]
     if problems:
         raise HTTPException(422, problems)
     spec = body.spec.resolved().model_dump(mode="json")
@@ -67,7 +68,8 @@ def create_job(body: JobCreate, key: CurrentKey, session: SessionDep, settings: 
             session, key, spec, name=body.name, tags=body.tags, priority=body.priority,
             queue=body.queue or default_queue(body.spec), idempotency_key=idempotency_key,
             request_hash=hashlib.sha256(canonical.encode()).hexdigest(), callback_url=body.callback_url,
-            max_active=settings.team_max_active_jobs)
+            max_active=settings.team_max_active_jobs,
+            tracking=body.tracking.model_dump(mode="json") if body.tracking else None)
     except crud.IdempotencyMismatch:
         raise HTTPException(422, [{"loc": ["header", "Idempotency-Key"], "type": "idempotency_mismatch",
                                    "msg": "this Idempotency-Key was used with a different request body"}])
