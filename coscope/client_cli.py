@@ -6,14 +6,20 @@
     if args.command in CLIENT_COMMANDS:
         return run_client_command(args)
 
-Exit codes: 0 success (for ``watch``/``submit --wait``: the job succeeded), 1 failure (job failed or was
-cancelled, server unreachable, not found, ...), 2 bad input (unreadable spec, 422 from the server, no API
-key), 130 interrupted. Errors are one line each on stderr, never a traceback.
+Exit codes (``ExitCode``), one per failure class so a pipeline step can gate on them: 0 done (for
+``watch``, ``submit --wait`` and ``sweep submit --wait``: the job or sweep succeeded), 1 the job or sweep
+failed or the server refused the call (409), 2 bad input (unreadable spec, a 422 printed per field, bad
+arguments, no API key), 3 the job or sweep was cancelled, 4 the server cannot be reached, 5 the key was
+refused (401) or lacks the role (403), 6 not found (404: unknown, or another team's), 7 rate limit or quota
+(429: retry later), 130 interrupted (the job keeps running). Errors are one line each on stderr, never a
+traceback. ``--output json`` (submit, status, jobs) prints the API's JSON on stdout instead of text, with the
+same exit codes.
 """
 
 from __future__ import annotations
 
 import argparse
+import enum
 import json
 import math
 import sys
@@ -37,6 +43,32 @@ STATUSES = JOB_STATES
 
 # The test seam: tests swap in a factory whose clients use httpx.MockTransport.
 _make_client: Callable[[str, str], CoscopeClient] = CoscopeClient
+
+
+class ExitCode(enum.IntEnum):
+    DONE = 0
+    FAILED = 1  # the job or sweep failed, or the server refused the call (409, 5xx)
+    BAD_INPUT = 2
+    CANCELLED = 3
+    UNREACHABLE = 4
+    UNAUTHORISED = 5  # 401 or 403
+    NOT_FOUND = 6
+    RATE_LIMITED = 7  # 429: the team's submission rate or active-job quota
+    INTERRUPTED = 130
+
+
+def outcome_code(status: str) -> ExitCode:
+    """The exit code of a finished job or sweep's status."""
+    return {"succeeded": ExitCode.DONE, "cancelled": ExitCode.CANCELLED}.get(status, ExitCode.FAILED)
+
+
+def add_output_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--output", choices=("text", "json"), default="text",
+                        help="json: the API's JSON on stdout, for scripts (exit codes unchanged)")
+
+
+def print_json(value: Any) -> None:
+    _out(json.dumps(value, indent=2, sort_keys=True))
 
 
 class _Abort(Exception):
@@ -78,11 +110,14 @@ def add_client_commands(subparsers: Any) -> None:
     submit.add_argument("--queue", choices=("cpu", "gpu"), default=None, help="default: the server's choice")
     submit.add_argument("--idempotency-key", default=None,
                         help="resubmitting with the same key returns the first job instead of a new one")
+    add_output_option(submit)
     for name, text in (("status", "show a job"), ("watch", "follow a job's progress until it finishes"),
                        ("cancel", "cancel a queued or running job")):
         command = subparsers.add_parser(name, help=text)
         command.add_argument("job_id", metavar="ID")
         add_connection_options(command)
+        if name == "status":
+            add_output_option(command)
     download = subparsers.add_parser("download", help="download one of a job's artifacts")
     download.add_argument("job_id", metavar="ID")
     download.add_argument("name", metavar="NAME", help="artifact name (see `coscope status ID`)")
@@ -91,6 +126,7 @@ def add_client_commands(subparsers: Any) -> None:
     jobs.add_argument("--status", choices=STATUSES, default=None)
     jobs.add_argument("--tag", default=None)
     jobs.add_argument("--limit", type=int, default=20)
+    add_output_option(jobs)
     for command in (submit, download, jobs):
         add_connection_options(command)
     from coscope.sweep_cli import add_sweep_commands  # it builds on this module's helpers
@@ -112,10 +148,10 @@ def run_client_command(args: argparse.Namespace) -> int:
         job_id = getattr(args, "job_id", None)
         if getattr(args, "sweep_command", None) == "submit":
             _err("coscope: interrupted; the sweep keeps running (`coscope sweep cancel ID` stops it)")
-            return 130
+            return ExitCode.INTERRUPTED
         _err("coscope: interrupted" + (f"; job {job_id} keeps running (`coscope cancel {job_id}` stops it)"
                                        if job_id else ""))
-        return 130
+        return ExitCode.INTERRUPTED
 
 
 def _connect(server: str | None, key: str | None) -> CoscopeClient:
@@ -128,24 +164,26 @@ def _connect(server: str | None, key: str | None) -> CoscopeClient:
 
 
 def _explain(error: ClientError) -> int:
-    """One clear line (or one per invalid field) for a failed call."""
+    """One clear line (or one per invalid field) for a failed call, and its ``ExitCode``."""
     if isinstance(error, ServerUnreachable):
         _err(f"coscope: cannot reach {error.server} — is `coscope serve` running?")
-        return 1
+        return ExitCode.UNREACHABLE
     if error.status_code == 422:
         _err("coscope: the server rejected the request:")
         for line in _validation_lines(error.detail):
             _err(f"  {line}")
-        return 2
+        return ExitCode.BAD_INPUT
     if error.status_code == 401:
         _err(f"coscope: the server rejected the API key ({error.detail or 'unauthorised'}); "
              "pass --key or set COSCOPE_API_KEY")
-        return 1
+        return ExitCode.UNAUTHORISED
+    code = {403: ExitCode.UNAUTHORISED, 404: ExitCode.NOT_FOUND, 429: ExitCode.RATE_LIMITED}.get(
+        error.status_code or 0, ExitCode.FAILED)
     if error.status_code is not None and isinstance(error.detail, str):
         _err(f"coscope: {error.detail} ({error.status_code})")
-        return 1
+        return code
     _err(f"coscope: {error}")
-    return 1
+    return code
 
 
 def _validation_lines(detail: Any) -> Iterator[str]:
@@ -212,9 +250,14 @@ def _submit(args: argparse.Namespace) -> int:
     with _connect(args.server, args.key) as client:
         job = client.submit(spec, name=args.name, tags=args.tags, priority=args.priority, queue=args.queue,
                             idempotency_key=args.idempotency_key)
+        if args.output == "json":
+            if args.wait:  # no progress display: stdout is the final job's JSON alone
+                job = client.wait(job["id"])
+            print_json(job)
+            return outcome_code(job["status"]) if args.wait else ExitCode.DONE
         _out(f"job {job['id']} {job['status']}")
         if not args.wait:
-            return 0
+            return ExitCode.DONE
         return _follow(client, job["id"])
 
 
@@ -290,7 +333,7 @@ def _follow(client: CoscopeClient, job_id: str) -> int:
     if status != "succeeded":
         if job.get("error"):
             _out(f"error: {_error_text(job['error'])}")
-        return 1
+        return outcome_code(status)
     try:
         _print_report(client.report(job_id))
     except ClientError as error:
@@ -309,6 +352,9 @@ def _watch(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     with _connect(args.server, args.key) as client:
         job = client.get(args.job_id)
+    if args.output == "json":
+        print_json(job)
+        return ExitCode.DONE
     for label, value in _job_lines(job):
         _out(f"{label:<9} {value}")
     return 0
@@ -396,6 +442,9 @@ def _download(args: argparse.Namespace) -> int:
 def _jobs(args: argparse.Namespace) -> int:
     with _connect(args.server, args.key) as client:
         page = client.list(status=args.status, tag=args.tag, limit=args.limit)
+    if args.output == "json":
+        print_json(page)
+        return ExitCode.DONE
     rows = [("ID", "STATUS", "PROGRESS", "QUEUE", "CREATED", "NAME")]
     for job in page["data"]:
         progress = job.get("progress") or {}

@@ -15,8 +15,16 @@ import yaml
 
 from api.sweep_table import co_text
 from coscope.client import CoscopeClient, Event
-from coscope.client_cli import (_Abort, _connect, _err, _out, _read_spec, add_connection_options,
-                                 print_rows)
+from coscope.client_cli import (
+    _Abort,
+    _connect,
+    _err,
+    _out,
+    _read_spec,
+    add_connection_options,
+    outcome_code,
+    print_rows,
+)
 
 ARTIFACTS = ("heatmap.png", "table.csv", "table.json")
 
@@ -125,7 +133,7 @@ def _follow(client: CoscopeClient, sweep: dict[str, Any]) -> int:
     finally:
         bar.close()
     _print_sweep(final)
-    return 0 if final["status"] == "succeeded" else 1
+    return outcome_code(final["status"])
 
 
 def _status(args: argparse.Namespace) -> int:

@@ -378,14 +378,52 @@ def test_cli_watch_failed_job_exits_1_with_the_error(
     assert "job j1 failed" in out and "diverged: loss became nan" in out
 
 
-def test_cli_unreachable_server_prints_one_line_and_exits_1(
+def test_cli_unreachable_server_prints_one_line_and_exits_4(
         serve: Callable[[Handler], None], capsys: pytest.CaptureFixture[str]) -> None:
     def server(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("Connection refused")
 
     serve(server)
-    assert client_cli.run_client_command(parse("status", "j1")) == 1
+    assert client_cli.run_client_command(parse("status", "j1")) == 4
     assert capsys.readouterr().err == f"coscope: cannot reach {SERVER} — is `coscope serve` running?\n"
+
+
+@pytest.mark.parametrize(("status", "code"), [(401, 5), (403, 5), (404, 6), (409, 1), (429, 7), (500, 1)])
+def test_cli_exit_code_names_the_failure_class(
+        serve: Callable[[Handler], None], capsys: pytest.CaptureFixture[str], status: int, code: int) -> None:
+    serve(lambda request: httpx.Response(status, json={"detail": "refused"}))
+    assert client_cli.run_client_command(parse("status", "j1")) == code
+    assert "Traceback" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("final", "code"), [("succeeded", 0), ("failed", 1), ("cancelled", 3)])
+def test_cli_submit_wait_json_prints_only_the_final_job_and_exits_by_outcome(
+        serve: Callable[[Handler], None], spec_file: Path, capsys: pytest.CaptureFixture[str],
+        final: str, code: int) -> None:
+    def server(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            return httpx.Response(201, json=job())
+        if request.url.path.endswith("/events"):
+            return event_stream(sse((1, "progress", {"step": 1, "total_steps": 2}),
+                                    (2, "status", {"status": final})))
+        return httpx.Response(200, json=job(final))
+
+    serve(server)
+    args = parse("submit", str(spec_file), "--wait", "--output", "json")
+    assert client_cli.run_client_command(args) == code
+    printed = json.loads(capsys.readouterr().out)  # stdout is the JSON alone: no bar, no lines
+    assert (printed["id"], printed["status"]) == ("j1", final)
+
+
+def test_cli_status_and_jobs_json_print_the_api_objects(
+        serve: Callable[[Handler], None], capsys: pytest.CaptureFixture[str]) -> None:
+    page = {"data": [job("running")], "count": 1}
+    serve(lambda request: httpx.Response(200, json=page if request.url.path == "/v1/jobs"
+                                         else job("running")))
+    assert client_cli.run_client_command(parse("status", "j1", "--output", "json")) == 0
+    assert json.loads(capsys.readouterr().out) == job("running")
+    assert client_cli.run_client_command(parse("jobs", "--output", "json")) == 0
+    assert json.loads(capsys.readouterr().out) == page
 
 
 def test_cli_status_prints_progress_eta_co_and_error(
