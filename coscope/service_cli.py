@@ -136,6 +136,7 @@ def _serve(args: argparse.Namespace, settings: Any) -> int:
     address = f"http://{host}:{port}" if port else f"http://{host}:<the port in uvicorn's line below>"
     sys.stderr.write(
         f"coscope API on {address} (OpenAPI docs: {address}/docs)\n"
+        f"dashboard: {address}/ui/ (sign in with an API key)\n"
         f"job store {settings.database.split('@')[-1]}, broker {settings.broker.split('@')[-1]}, "
         f"{'embedded worker' if worker else 'no worker in this process'}\n"
         + (f"first admin API key written to {key_file}; clients read it from there, or send "

@@ -1,5 +1,5 @@
-"""Fixtures of the dashboard tests: a real embedded ``coscope serve`` (API + worker, SQLite), keys of two teams,
-and Debian's chromium driven headless through chromium-driver (selenium)."""
+"""Fixtures of the dashboard tests: a real embedded ``coscope serve`` (API + worker, SQLite), keys of two
+teams, and Debian's chromium driven headless through chromium-driver (selenium)."""
 
 from __future__ import annotations
 
@@ -81,7 +81,7 @@ def browser() -> Iterator[object]:
 
 @pytest.fixture
 def page(browser, stack: Stack) -> Iterator[object]:
-    """The browser, signed out, at 1280 px; after the test, no Content-Security-Policy violation was logged."""
+    """The browser, signed out, at 1280 px; after the test: no Content-Security-Policy violation logged."""
     browser.set_window_size(1280, 1000)
     browser.get(f"{stack.url}/ui/static/favicon.svg")  # same origin, no script that could navigate away
     browser.execute_script("sessionStorage.clear()")

@@ -40,6 +40,11 @@ def text_of(driver, css: str) -> str:
     return driver.find_element(By.CSS_SELECTOR, css).text
 
 
+def listed_ids(driver) -> list[str]:
+    rows = driver.find_elements(By.CSS_SELECTOR, "#jobs tbody tr")
+    return [row.get_attribute("data-job-id") for row in rows]
+
+
 def points(driver) -> int:
     return int(driver.find_element(By.CSS_SELECTOR, "[data-testid=curves]").get_attribute("data-points"))
 
@@ -91,7 +96,8 @@ def test_job_list_shows_a_finished_and_a_running_job_with_their_verdicts(page, s
     running = api.submit(job_spec(epochs=20, train_size=512), name="ui-running", tags=["ui"])
     sign_in(page, stack.url, member_key)
     try:
-        wait(page, lambda d: d.find_elements(By.CSS_SELECTOR, f"tr[data-job-id='{running['id']}'][data-status=running]"))
+        running_row = f"tr[data-job-id='{running['id']}'][data-status=running]"
+        wait(page, lambda d: d.find_elements(By.CSS_SELECTOR, running_row))
         done = page.find_element(By.CSS_SELECTOR, f"tr[data-job-id='{finished_job['id']}']")
         cells = done.find_elements(By.TAG_NAME, "td")
         assert cells[0].text == XSS and cells[1].text == "succeeded"
@@ -107,8 +113,7 @@ def test_job_list_shows_a_finished_and_a_running_job_with_their_verdicts(page, s
         Select(page.find_element(By.ID, "filter-status")).select_by_visible_text("succeeded")
         page.find_element(By.ID, "filter-tag").send_keys("ui", Keys.ENTER)
         wait(page, ec.url_contains("status=succeeded"))
-        wait(page, lambda d: [r.get_attribute("data-job-id") for r in d.find_elements(By.CSS_SELECTOR, "#jobs tbody tr")]
-             == [finished_job["id"]])
+        wait(page, lambda d: listed_ids(d) == [finished_job["id"]])
     finally:
         api.wait_finished(running["id"], timeout=240)
 
@@ -159,7 +164,8 @@ def test_submit_lists_422_problems_by_field_and_submits_a_good_spec(page, stack,
     spec.send_keys("training:\n  epsilon: -3\n  method: free\n")
     page.find_element(By.CSS_SELECTOR, "#submit button[type=submit]").click()
     wait(page, lambda d: d.find_elements(By.CSS_SELECTOR, "#problems li"))
-    fields = {item.get_attribute("data-field"): item.text for item in page.find_elements(By.CSS_SELECTOR, "#problems li")}
+    items = page.find_elements(By.CSS_SELECTOR, "#problems li")
+    fields = {item.get_attribute("data-field"): item.text for item in items}
     assert set(fields) == {"spec.training.epsilon", "spec.training.method"}
     assert "greater than or equal to 0" in fields["spec.training.epsilon"]
     assert spec.get_attribute("aria-invalid") == "true"
@@ -198,7 +204,8 @@ def test_user_strings_are_shown_as_text_never_run(page, stack, member_key, finis
 
 
 def test_sweep_page_shows_the_heatmap_and_links_every_child(page, stack, api, admin_key, tmp_path):
-    body = {"name": "ui sweep", "spec": job_spec(epochs=1), "grid": {"training.epsilon": [4, 8]}, "seeds": [0]}
+    body = {"name": "ui sweep", "spec": job_spec(epochs=1), "grid": {"training.epsilon": [4, 8]},
+            "seeds": [0]}
     created = api.http.post("/v1/sweeps", json=body)
     assert created.status_code == 201, created.text
     sweep = created.json()

@@ -1,7 +1,7 @@
-"""The dashboard's server side (api/routes/ui.py), in process: every page and static file under /ui carries the
-strict Content-Security-Policy, no page holds inline script, style or event handlers, every referenced file
-exists, nothing is fetched from another origin, and the API itself gains no CORS. The pages in a real browser:
-tests/ui."""
+"""The dashboard's server side (api/routes/ui.py), in process: every page and static file under /ui carries
+the strict Content-Security-Policy, no page holds inline script, style or event handlers, every referenced
+file exists, nothing is fetched from another origin, and the API itself gains no CORS. The pages in a real
+browser: tests/ui."""
 
 from __future__ import annotations
 
@@ -51,7 +51,8 @@ def test_pages_carry_the_strict_csp_and_no_inline_code(client, url):
     response = client.get(url)
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/html")
     policy = response.headers["content-security-policy"]
-    assert "default-src 'self'" in policy and "script-src 'self';" in policy and "frame-ancestors 'none'" in policy
+    for directive in ("default-src 'self'", "script-src 'self';", "frame-ancestors 'none'"):
+        assert directive in policy
     assert "unsafe-inline" not in policy and "unsafe-eval" not in policy
     assert response.headers["x-content-type-options"] == "nosniff"
     assert response.headers["x-frame-options"] == "DENY"
@@ -81,6 +82,17 @@ def test_every_page_has_its_body_and_script():
         assert (UI_DIR / "static" / f"{name}.js").is_file()
         for extra in page.scripts:
             assert (UI_DIR / "static" / extra).is_file()
+
+
+def test_every_form_control_has_a_label():
+    """Screen readers name each control: a <label for=id>, or an aria-label."""
+    for fragment in sorted((UI_DIR / "pages").glob("*.html")):
+        text = fragment.read_text()
+        labelled = set(re.findall(r'<label for="([^"]+)"', text))
+        for tag, attributes in re.findall(r"<(input|select|textarea|progress)\b([^>]*)>", text):
+            control = re.search(r'id="([^"]+)"', attributes)
+            named = "aria-label=" in attributes or (control and control.group(1) in labelled)
+            assert named, (fragment.name, tag)
 
 
 def test_the_vendored_library_comes_with_its_licence():
