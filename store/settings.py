@@ -55,6 +55,11 @@ class Settings(BaseSettings):
     sweep_release_seconds: float = Field(2.0, gt=0)  # period of the API's sweep keeper
     max_body_bytes: int = Field(1 << 20, ge=1024, le=1 << 30)  # larger request bodies get 413
     docs: bool = False  # serve /docs, /redoc and /openapi.json in production too (always on in development)
+    # MLflow tracking (workers only; worker/mlflow_run.py): when set, each job becomes a run on this server.
+    # The worker gives up on a server that stays unreachable this long and records a ``tracking`` job event.
+    mlflow_tracking_uri: str | None = None
+    mlflow_give_up_seconds: float = Field(120.0, gt=0, le=3600)
+    mlflow_log_checkpoints: bool = False  # also upload checkpoint.pt and best.pt (large) as run artifacts
 
     @model_validator(mode="after")
     def _refuse_placeholder_secrets(self) -> Settings:

@@ -37,20 +37,20 @@ def loaded_after(code: str, tmp_path: Path) -> set[str]:
 def test_the_api_loads_no_worker_module(tmp_path):
     loaded = loaded_after("import api.main\napi.main.create_app()", tmp_path)
     assert {"api", "store"} <= loaded
-    assert not loaded & {"worker", "coscope", "torch"}
+    assert not loaded & {"worker", "coscope", "torch", "mlflow"}
 
 
-@pytest.mark.parametrize("module", ["worker.tasks", "worker.runner", "worker.dry_run"])
+@pytest.mark.parametrize("module", ["worker.tasks", "worker.runner", "worker.dry_run", "worker.mlflow_run"])
 def test_the_worker_loads_no_api_module(tmp_path, module):
     loaded = loaded_after(f"import {module}", tmp_path)
     assert "worker" in loaded
-    assert not loaded & {"api", "coscope", "torch"}
+    assert not loaded & {"api", "coscope", "torch", "mlflow"}  # mlflow: only once a tracked job starts
 
 
 def test_the_store_loads_neither_api_nor_worker(tmp_path):
     modules = ", ".join(f"store.{path.stem}" for path in sorted((ROOT / "store").glob("[!_]*.py")))
     loaded = loaded_after(f"import store, {modules}", tmp_path)
-    assert not loaded & {"api", "worker", "coscope", "torch"}
+    assert not loaded & {"api", "worker", "coscope", "torch", "mlflow"}
 
 
 def test_the_spec_and_the_cost_load_no_service_layer(tmp_path):

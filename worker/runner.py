@@ -21,6 +21,8 @@ from store import crud, webhooks
 from store.db import session_scope
 from store.models import Job
 from store.settings import Settings
+from worker.mlflow_run import Tracker, open_tracker
+from worker.tracking import TrackedJob
 
 log = logging.getLogger("coscope.worker")
 FLUSH_SECONDS = 1.0  # progress events are batched; epoch, monitor and CO events flush at once
@@ -62,10 +64,13 @@ class Lease:
 
 
 class Reporter:
-    """Buffers trainer events and writes them, fenced by attempt, in small batches."""
+    """Buffers trainer events and writes them, fenced by attempt, in small batches; hands them to the MLflow
+    tracker too (when there is one), which sends them from its own thread."""
 
-    def __init__(self, settings: Settings, job_id: str, attempt: int, lease: Lease) -> None:
+    def __init__(self, settings: Settings, job_id: str, attempt: int, lease: Lease,
+                 tracker: Tracker | None = None) -> None:
         self.settings, self.job_id, self.attempt, self.lease = settings, job_id, attempt, lease
+        self.tracker = tracker
         self.metrics: list[dict[str, Any]] = []
         self.events: list[tuple[str, dict[str, Any]]] = []
         self.progress: dict[str, Any] | None = None
@@ -76,6 +81,8 @@ class Reporter:
 
     def on_event(self, event: dict[str, Any]) -> None:
         kind = event["type"]
+        if self.tracker is not None and not self.lease.lost:  # a stale attempt's rows are the new one's
+            self.tracker.on_event(event)
         if kind in ("started", "progress"):
             self._progress(event)
         elif kind in ("metrics", "epoch", "monitor"):
@@ -125,15 +132,20 @@ def run(job_id: str, settings: Settings, worker: str) -> str:
         claimed = crud.claim(session, job_id, worker, settings.lease_seconds, settings.max_attempts)
         job = session.get(Job, job_id)
         spec_data = job.spec if job is not None else None
+        tracked = (TrackedJob(job.id, job.team, job.name, job.spec, job.tracking or {})
+                   if job is not None else None)
     if claimed.outcome != "claimed":
         log.info("job %s not run: %s", job_id, claimed.outcome)
         if claimed.outcome == "exhausted":  # this claim failed the job
             webhooks.notify(settings, job_id, "job.failed")
         return claimed.outcome
     attempt = claimed.attempt
+    tracker = open_tracker(settings, tracked, attempt) if tracked is not None else None
     with Lease(settings, job_id, attempt) as lease:
-        reporter = Reporter(settings, job_id, attempt, lease)
+        reporter = Reporter(settings, job_id, attempt, lease, tracker)
         outcome = _execute(settings, job_id, attempt, spec_data, lease, reporter)
+    if tracker is not None:  # after the job's status and webhook: a slow MLflow delays neither
+        tracker.close(outcome)
     return outcome
 
 
