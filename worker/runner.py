@@ -138,6 +138,8 @@ def run(job_id: str, settings: Settings, worker: str) -> str:
         log.info("job %s not run: %s", job_id, claimed.outcome)
         if claimed.outcome == "exhausted":  # this claim failed the job
             webhooks.notify(settings, job_id, "job.failed")
+            if tracked is not None and (tracker := open_tracker(settings, tracked, claimed.attempt)):
+                tracker.close("failed")  # the run earlier attempts left open ends FAILED
         return claimed.outcome
     attempt = claimed.attempt
     tracker = open_tracker(settings, tracked, attempt) if tracked is not None else None

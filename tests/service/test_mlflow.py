@@ -16,12 +16,15 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import update
 
 from coscope.harness import Stack, free_port, wait_until
+from store import crud
 from store.db import session_scope
-from store.models import Job
+from store.models import Job, utcnow
 from tests.service.conftest import Api, job_spec
 from tests.worker.utils import queued_job
+from worker import runner
 from worker.mlflow_run import Tracker
 from worker.tracking import TrackedJob
 
@@ -274,3 +277,45 @@ def test_a_server_gone_mid_job_fails_the_tracking_not_the_job(tmp_path):
     assert event["outcome"] == "failed" and event["stage"] in ("metrics", "tags", "params", "run")
     assert (event["error"], event["status_code"]) == ("MlflowException", 500)
     assert event["rows_dropped"] > 0
+
+
+def test_a_job_failed_at_claim_after_its_last_attempt_ends_its_run_failed(tmp_path, mlflow_server):
+    """A worker that finds the job's attempts used up (its earlier workers died) fails it, and ends the run
+    the dead attempts left open, with the rows they stored."""
+    stack = tracked_stack(tmp_path, mlflow_server)
+    settings = stack.settings()
+    try:
+        job_id = queued_job(settings, job_spec())
+        with session_scope(settings.database) as session:  # attempt 3 of 3 claimed, then its worker died
+            crud.claim(session, job_id, "w", lease_seconds=60, max_attempts=3)
+            session.execute(update(Job).where(Job.id == job_id).values(attempt=3))
+        with session_scope(settings.database) as session:
+            rows = [{"kind": "train", "step": step, "loss": 0.5 * step} for step in (1, 2)]
+            crud.record(session, job_id, 3, metrics=rows)
+            session.execute(update(Job).where(Job.id == job_id).values(lease_expires_at=utcnow()))
+        assert runner.run(job_id, settings, "w2") == "exhausted"
+        with session_scope(settings.database) as session:
+            events = [e.data for e in crud.events_after(session, job_id, 0) if e.type == "tracking"]
+    finally:
+        stack.close()
+    run = mlflow_server.run(job_id, "coscope/default")
+    assert (run["info"]["status"], pairs(run["data"]["tags"])["coscope.attempt"]) == ("FAILED", "3")
+    assert mlflow_server.history(run["info"]["run_id"], "train/loss") == [(1, 0.5), (2, 1.0)]
+    assert [(e["outcome"], e["status"], e["rows"]) for e in events] == [("logged", "FAILED", 2)]
+
+
+def test_a_cancelled_job_ends_its_run_killed(tmp_path, mlflow_server):
+    stack = tracked_stack(tmp_path, mlflow_server)
+    try:
+        stack.start_api(worker=True)
+        api = Api(stack.url, stack.admin_key())
+        job = api.submit(job_spec(epochs=50, train_size=256))
+        api.events(job["id"], until="epoch")
+        assert api.http.post(f"/v1/jobs/{job['id']}/cancel").status_code == 202
+        assert api.wait_finished(job["id"])["status"] == "cancelled"
+        [event] = tracking_events(api, job["id"])
+    finally:
+        stack.close()
+    run = mlflow_server.run(job["id"], "coscope/default")
+    assert run["info"]["status"] == event["status"] == "KILLED"
+    assert event["artifacts"] == []  # the trainer writes report, summary and curves only when it finishes
