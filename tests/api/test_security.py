@@ -22,7 +22,8 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import func, select
-from starlette.routing import Route
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
 
 from api.main import create_app
 from api.schemas import JobCreate, JobPublic
@@ -35,6 +36,10 @@ from tests.api.utils import PUBLIC_HOOK, SPEC, job_row, key_headers
 ROOT = Path(__file__).resolve().parents[2]
 PUBLIC_ROUTES = {"/healthz", "/readyz", "/metrics", "/docs", "/docs/oauth2-redirect", "/openapi.json",
                  "/redoc"}
+# The dashboard's pages and static files hold no data (their scripts call the /v1 routes with the user's key):
+# public, and checked for exactly that in test_dashboard_routes_serve_no_data.
+DASHBOARD_ROUTES = {"/", "/ui", "/ui/", "/ui/jobs", "/ui/jobs/{job_id}", "/ui/sweeps", "/ui/sweeps/{sweep_id}",
+                    "/ui/submit", "/ui/static/{path}"}
 
 
 def _routes(routes, prefix: str = ""):
@@ -47,13 +52,16 @@ def _routes(routes, prefix: str = ""):
         elif isinstance(route, Route):  # APIRoute is a Route
             for method in route.methods or ():
                 yield method, prefix + route.path
+        elif isinstance(route, Mount) and isinstance(route.app, StaticFiles):
+            yield "GET", prefix + route.path + "/{path}"
         else:
             raise AssertionError(f"unexpected route {route!r}: add it to the S1 enumeration")
 
 
 _ROUTE_APP = create_app(Settings(home=Path("/nonexistent-coscope-home")), reconcile=False)  # routes only
 ALL_ROUTES = sorted(set(_routes(_ROUTE_APP.routes)))
-ROUTES = [(method, path) for method, path in ALL_ROUTES if path not in PUBLIC_ROUTES and method != "HEAD"]
+ROUTES = [(method, path) for method, path in ALL_ROUTES
+          if path not in PUBLIC_ROUTES | DASHBOARD_ROUTES and method != "HEAD"]
 
 
 def _fill(path: str, job_id: str | None = None) -> str:
@@ -78,6 +86,17 @@ def test_route_list_covers_jobs_and_admin():
     assert {"/v1/jobs", "/v1/jobs/{job_id}/cancel", "/v1/admin/queues/purge", "/v1/admin/keys"} <= paths
     assert {"/healthz", "/metrics", "/docs"} <= {path for _, path in ALL_ROUTES}
     assert len(ROUTES) >= 15  # 9 job routes, 6 admin routes
+
+
+def test_dashboard_routes_serve_no_data(client, settings):
+    """Without a key, the dashboard's routes answer the same bytes whatever the store holds (pages and static
+    files, no data), and every other route is a /v1 route."""
+    assert {path for _, path in ALL_ROUTES if path.startswith("/ui") or path == "/"} == DASHBOARD_ROUTES
+    job = _submit(client, key_headers(settings)).json()
+    for path in sorted(DASHBOARD_ROUTES - {"/ui/static/{path}"}):
+        response = client.get(path.replace("{job_id}", job["id"]).replace("{sweep_id}", job["id"]))
+        assert response.status_code == 200 and job["id"] not in response.text, path
+    assert not [path for _, path in ROUTES if not path.startswith("/v1/")]
 
 
 @pytest.mark.parametrize(("method", "path"), ROUTES)
