@@ -1,12 +1,15 @@
-"""Dependencies: settings, database sessions, the current API key, and owned jobs (404 otherwise)."""
+"""Dependencies: settings, database sessions, the current API key, owned jobs (404 otherwise), and the
+change-window filters of the lists."""
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Path, Request, status
+from fastapi import Depends, HTTPException, Path, Query, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
@@ -69,3 +72,28 @@ def limit_submissions(request: Request, key: CurrentKey) -> None:
 
 def get_publisher(request: Request):  # type: ignore[no-untyped-def]
     return request.app.state.publisher
+
+
+@dataclass(frozen=True)
+class ChangeWindow:
+    """``created_after`` / ``updated_after`` of a list request, as the store's naive UTC."""
+    created_after: dt.datetime | None
+    updated_after: dt.datetime | None
+
+
+def _naive_utc(value: dt.datetime | None) -> dt.datetime | None:
+    if value is None or value.tzinfo is None:  # no zone: UTC, as every timestamp the API returns
+        return value
+    return value.astimezone(dt.UTC).replace(tzinfo=None)
+
+
+def change_window(
+        created_after: Annotated[dt.datetime | None, Query(
+            description="only entries created after this time (ISO 8601; no zone: UTC)")] = None,
+        updated_after: Annotated[dt.datetime | None, Query(
+            description="only entries changed after this time (status, progress, metrics, verdict, report): "
+                        "poll with the largest updated_at seen")] = None) -> ChangeWindow:
+    return ChangeWindow(_naive_utc(created_after), _naive_utc(updated_after))
+
+
+ChangeWindowDep = Annotated[ChangeWindow, Depends(change_window)]

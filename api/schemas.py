@@ -86,6 +86,7 @@ class JobSummary(BaseModel):
     error: JobError | None
     final: FinalAccuracy | None  # once the job succeeded with a report
     created_at: dt.datetime
+    updated_at: dt.datetime | None  # the last change a client can see (lists filter on it: updated_after)
     started_at: dt.datetime | None
     finished_at: dt.datetime | None
 

@@ -110,7 +110,8 @@ def active_jobs(session: Session, team: str) -> int:
 
 
 def mark_enqueued(session: Session, job_id: str) -> None:
-    session.execute(update(Job).where(Job.id == job_id).values(enqueued_at=utcnow()))
+    session.execute(update(Job).where(Job.id == job_id)  # broker bookkeeping: no change a client sees
+                    .values(enqueued_at=utcnow(), updated_at=Job.updated_at))
 
 
 def get_team_job(session: Session, job_id: str, team: str | None) -> Job | None:
@@ -122,13 +123,15 @@ def get_team_job(session: Session, job_id: str, team: str | None) -> Job | None:
 
 
 JOB_ORDER = (Job.created_at.desc(), Job.id)  # newest first; the list indexes of store.models hold this order
+# what a list entry shows: never the spec or the report
 LIST_COLUMNS = (Job.id, Job.team, Job.name, Job.tags, Job.priority, Job.queue, Job.status, Job.attempt,
                 Job.progress, Job.co, Job.error_code, Job.error_message, Job.created_at, Job.started_at,
-                Job.finished_at, Job.final_clean_accuracy, Job.final_robust_accuracy)  # what a list entry shows: never the spec or the report
+                Job.finished_at, Job.updated_at, Job.final_clean_accuracy, Job.final_robust_accuracy)
 
 
 def list_jobs(session: Session, team: str | None, status: str | None, tag: str | None, limit: int,
-              offset: int) -> tuple[list[Job], int]:
+              offset: int, *, created_after: dt.datetime | None = None,
+              updated_after: dt.datetime | None = None) -> tuple[list[Job], int]:
     """One page of jobs, newest first, and how many match, both in SQL. The page's ids are picked from an
     index alone (``store.models``: team, status, created_at and id are in the key), then only those rows are
     read, and only ``LIST_COLUMNS`` of them: the other columns are not loaded, and reading one raises instead
@@ -140,12 +143,21 @@ def list_jobs(session: Session, team: str | None, status: str | None, tag: str |
         conditions.append(Job.status == status)
     if tag is not None:
         conditions.append(_has_tag(session, tag))
+    if created_after is not None:
+        conditions.append(Job.created_at > created_after)
+    if updated_after is not None:
+        conditions.append(last_update(Job) > updated_after)
     page = select(Job.id).where(*conditions).order_by(*JOB_ORDER).limit(limit).offset(offset)
     jobs = list(session.scalars(select(Job).options(load_only(*LIST_COLUMNS, raiseload=True))
                                 .where(Job.id.in_(page.scalar_subquery())).order_by(*JOB_ORDER)))
     if len(jobs) < limit and (jobs or offset == 0):
         return jobs, offset + len(jobs)
     return jobs, session.scalar(select(func.count()).select_from(Job).where(*conditions)) or 0
+
+
+def last_update(job: type[Job]) -> ColumnElement[dt.datetime]:
+    """When the job last changed as a client sees it (rows from before ``updated_at`` existed: created)."""
+    return func.coalesce(job.updated_at, job.created_at)
 
 
 def _has_tag(session: Session, tag: str) -> ColumnElement[bool]:
@@ -283,7 +295,8 @@ def _fence(session: Session, job_id: str, attempt: int, **values: Any) -> None:
 
 def heartbeat(session: Session, job_id: str, attempt: int, lease_seconds: float) -> bool:
     """Extend the lease; return whether a cancel was requested."""
-    _fence(session, job_id, attempt, lease_expires_at=utcnow() + dt.timedelta(seconds=lease_seconds))
+    _fence(session, job_id, attempt, lease_expires_at=utcnow() + dt.timedelta(seconds=lease_seconds),
+           updated_at=Job.updated_at)  # a lease renewal is no change a client sees
     return bool(session.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
 
 

@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, inspect, text, update
+from sqlalchemy import Engine, create_engine, event, func, inspect, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from store.models import REPORT_COLUMNS, Base, Job
@@ -62,7 +62,12 @@ def get_engine(url: str) -> Engine:
     else:
         engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, json_serializer=json_dumps)
     Base.metadata.create_all(engine)
-    _fill_from_reports(engine, {column for table, column in _add_new_columns(engine) if table == "jobs"})
+    added = {column for table, column in _add_new_columns(engine) if table == "jobs"}
+    _fill_from_reports(engine, added)
+    if "updated_at" in added:  # the last change an older version recorded
+        with engine.begin() as connection:
+            connection.execute(update(Job).values(updated_at=func.coalesce(Job.finished_at, Job.started_at,
+                                                                           Job.created_at)))
     _add_new_indexes(engine)
     return engine
 
@@ -92,6 +97,7 @@ def _fill_from_reports(engine: Engine, added: set[str]) -> None:
     the reports written before (once)."""
     values = {column: Job.report[path].as_float() for column, path in REPORT_COLUMNS.items() if column in added}
     if values:
+        values["updated_at"] = Job.updated_at  # a copy, not a change
         with engine.begin() as connection:
             connection.execute(update(Job).where(Job.report.is_not(None)).values(**values))
 

@@ -86,6 +86,9 @@ class Job(Base):
     enqueued_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
     started_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    # every change a client can see (status, progress, metrics, verdict, report): platforms poll lists with
+    # updated_after; lease renewals and broker bookkeeping keep it (crud.heartbeat, crud.mark_enqueued)
+    updated_at: Mapped[dt.datetime | None] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
     # a sweep's child: its sweep and its place there (seed-major: every cell's first seed comes first)
     sweep_id: Mapped[str | None] = mapped_column(ForeignKey("sweeps.id"))
     sweep_index: Mapped[int | None] = mapped_column(Integer)

@@ -15,11 +15,12 @@ Like ``store.crud``, nothing here commits.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, exists, func, or_, select, update
 from sqlalchemy.orm import Session, load_only
 
 from store import crud
@@ -189,8 +190,15 @@ def get_team_sweep(session: Session, sweep_id: str, team: str | None) -> Sweep |
 SWEEP_ORDER = (Sweep.created_at.desc(), Sweep.id)
 
 
-def list_sweeps(session: Session, team: str | None, limit: int, offset: int) -> tuple[list[Sweep], int]:
-    conditions = [] if team is None else [Sweep.team == team]
+def list_sweeps(session: Session, team: str | None, limit: int, offset: int, *,
+                created_after: dt.datetime | None = None,
+                updated_after: dt.datetime | None = None) -> tuple[list[Sweep], int]:
+    conditions: list[ColumnElement[bool]] = [] if team is None else [Sweep.team == team]
+    if created_after is not None:
+        conditions.append(Sweep.created_at > created_after)
+    if updated_after is not None:  # a sweep changes when it is created or when one of its children changes
+        changed = exists(select(Job.id).where(Job.sweep_id == Sweep.id, crud.last_update(Job) > updated_after))
+        conditions.append(or_(Sweep.created_at > updated_after, changed))
     sweeps = list(session.scalars(select(Sweep).where(*conditions).order_by(*SWEEP_ORDER).limit(limit)
                                   .offset(offset)))
     return sweeps, session.scalar(select(func.count()).select_from(Sweep).where(*conditions)) or 0

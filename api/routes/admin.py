@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, BackgroundTasks, Depends, HTTPException, Path, Query, status
 
-from api.deps import SessionDep, SettingsDep, require_admin
+from api.deps import ChangeWindowDep, SessionDep, SettingsDep, require_admin
 from api.routes.jobs import cancel, summary_fields
 from api.schemas import (AdminJobsPublic, AdminJobSummary, JobPublic, KeyCreate, KeyCreated, KeyPublic,
                          KeysPublic, PurgePublic)
@@ -31,7 +31,7 @@ def to_key_public(key: ApiKey) -> KeyPublic:
 
 
 @router.get("/jobs", response_model=AdminJobsPublic)
-def read_all_jobs(session: SessionDep, settings: SettingsDep,
+def read_all_jobs(session: SessionDep, settings: SettingsDep, window: ChangeWindowDep,
                   team: Annotated[str | None, Query(max_length=100)] = None,
                   status_: Annotated[JobStatus | None,
                                      Query(alias="status")] = None,
@@ -39,7 +39,8 @@ def read_all_jobs(session: SessionDep, settings: SettingsDep,
                   limit: Annotated[int, Query(ge=1, le=200)] = 50,
                   offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0) -> Any:
     """Every team's jobs (or one team's), newest first, without their specs."""
-    jobs, count = crud.list_jobs(session, team, status_, tag, limit, offset)
+    jobs, count = crud.list_jobs(session, team, status_, tag, limit, offset, created_after=window.created_after,
+                                 updated_after=window.updated_after)
     return AdminJobsPublic(data=[to_admin_summary(job, settings) for job in jobs], count=count)
 
 

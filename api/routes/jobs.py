@@ -16,8 +16,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api import limits, paths, sse
-from api.deps import (CurrentKey, OwnedJob, SessionDep, SettingsDep, get_current_key, get_publisher,
-                      limit_submissions)
+from api.conditional import conditional, conditional_file
+from api.deps import (ChangeWindowDep, CurrentKey, OwnedJob, SessionDep, SettingsDep, get_current_key,
+                      get_publisher, limit_submissions)
 from api.queue import Publisher, publish_and_mark
 from api.schemas import Artifact, ArtifactsPublic, JobCreate, JobPublic, JobsPublic, JobSummary, MetricsPublic
 from core.cost import default_queue
@@ -42,7 +43,8 @@ def summary_fields(job: Job, settings: Settings) -> dict[str, Any]:
     return {"id": job.id, "name": job.name, "tags": job.tags or [], "priority": job.priority,
             "queue": job.queue, "status": job.status, "attempt": job.attempt, "progress": job.progress or {},
             "co": job.co, "error": error, "final": final, "created_at": job.created_at,
-            "started_at": job.started_at, "finished_at": job.finished_at}
+            "updated_at": job.updated_at or job.created_at, "started_at": job.started_at,
+            "finished_at": job.finished_at}
 
 
 def to_public(job: Job, settings: Settings) -> JobPublic:
@@ -87,7 +89,7 @@ def create_job(body: JobCreate, key: CurrentKey, session: SessionDep, settings: 
 
 
 @router.get("", response_model=JobsPublic)
-def read_jobs(key: CurrentKey, session: SessionDep, settings: SettingsDep,
+def read_jobs(key: CurrentKey, session: SessionDep, settings: SettingsDep, window: ChangeWindowDep,
               status_: Annotated[JobStatus | None,
                                  Query(alias="status")] = None,
               tag: Annotated[str | None, Query(max_length=100)] = None,
@@ -95,7 +97,8 @@ def read_jobs(key: CurrentKey, session: SessionDep, settings: SettingsDep,
               ) -> Any:
     """List the team's jobs, newest first, without their specs; ``count`` is every match, not the page."""
     team = None if key.role == "admin" else key.team
-    jobs, count = crud.list_jobs(session, team, status_, tag, limit, offset)
+    jobs, count = crud.list_jobs(session, team, status_, tag, limit, offset, created_after=window.created_after,
+                                 updated_after=window.updated_after)
     return JobsPublic(data=[JobSummary(**summary_fields(job, settings)) for job in jobs], count=count)
 
 
@@ -151,12 +154,13 @@ def redacted(data: dict[str, Any], settings: Settings) -> dict[str, Any]:
     return data
 
 
-@router.get("/{job_id}/report")
-def read_report(job: OwnedJob) -> Any:
-    """The run's report.json (with the CO section), once the job succeeded."""
+@router.get("/{job_id}/report", responses={200: {"content": {"application/json": {}}}, 304: {}})
+def read_report(job: OwnedJob, request: Request) -> Response:
+    """The run's report.json (with the CO section), once the job succeeded; with an ``ETag``
+    (``If-None-Match``: 304 while unchanged)."""
     if job.report is None:
         raise HTTPException(404, "Report not available")
-    return job.report
+    return conditional(request, json.dumps(job.report, sort_keys=True).encode(), "application/json")
 
 
 @router.get("/{job_id}/metrics", response_model=MetricsPublic,
@@ -184,13 +188,14 @@ def read_artifacts(job: OwnedJob, settings: SettingsDep) -> Any:
     return ArtifactsPublic(data=present)
 
 
-@router.get("/{job_id}/artifacts/{name}", response_class=FileResponse)
-def read_artifact(job: OwnedJob, settings: SettingsDep, name: str) -> Any:
-    """One artifact by name: only the fixed names above, never a path."""
+@router.get("/{job_id}/artifacts/{name}", response_class=FileResponse, responses={304: {}})
+def read_artifact(job: OwnedJob, settings: SettingsDep, request: Request, name: str) -> Any:
+    """One artifact by name: only the fixed names above, never a path; with an ``ETag``
+    (``If-None-Match``: 304 while unchanged)."""
     path = _artifact(settings, job, name)
     if path is None:
         raise HTTPException(404, "Artifact not found")
-    return FileResponse(path, filename=name)
+    return conditional_file(request, path, name)
 
 
 def _artifact(settings: Settings, job: Job, name: str) -> Path | None:

@@ -19,7 +19,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api import limits, paths, sse, sweep_table
-from api.deps import CurrentKey, SessionDep, SettingsDep, get_current_key, get_publisher, limit_submissions
+from api.conditional import conditional
+from api.deps import (ChangeWindowDep, CurrentKey, SessionDep, SettingsDep, get_current_key, get_publisher,
+                      limit_submissions)
 from api.queue import Publisher, publish_and_mark
 from api.routes.jobs import QUOTA_RETRY_SECONDS, redacted
 from api.schemas import SweepCreate, SweepPublic, SweepsPublic, SweepSummary
@@ -197,11 +199,13 @@ def to_public(session: Session, sweep: Sweep) -> SweepPublic:
 
 
 @router.get("", response_model=SweepsPublic)
-def read_sweeps(key: CurrentKey, session: SessionDep,
+def read_sweeps(key: CurrentKey, session: SessionDep, window: ChangeWindowDep,
                 limit: Annotated[int, Query(ge=1, le=200)] = 50,
                 offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0) -> Any:
-    """The team's sweeps (admins: every team's), newest first, without their cells."""
-    found, count = sweeps.list_sweeps(session, None if key.role == "admin" else key.team, limit, offset)
+    """The team's sweeps (admins: every team's), newest first, without their cells; ``updated_after``: sweeps
+    created, or with a child changed, after that time."""
+    found, count = sweeps.list_sweeps(session, None if key.role == "admin" else key.team, limit, offset,
+                                      created_after=window.created_after, updated_after=window.updated_after)
     counts = sweeps.child_counts(session, [sweep.id for sweep in found])
     return SweepsPublic(data=[SweepSummary(**summary_fields(sweep, counts[sweep.id])) for sweep in found],
                         count=count)
@@ -257,8 +261,9 @@ def _sweep_events(settings: Settings, sweep: Sweep) -> sse.Fetch:
     return fetch
 
 
-@router.get("/{sweep_id}/artifacts/{name}", responses={200: {"content": {"image/png": {}, "text/csv": {}}}})
-def read_artifact(sweep: OwnedSweep, session: SessionDep,
+@router.get("/{sweep_id}/artifacts/{name}",
+            responses={200: {"content": {"image/png": {}, "text/csv": {}}}, 304: {}})
+def read_artifact(sweep: OwnedSweep, session: SessionDep, request: Request,
                   name: Annotated[str, Path(max_length=20)]) -> Response:
     """``heatmap.png`` (robust and clean accuracy and CO onset over the first two axes, seeds averaged),
     ``table.csv`` or ``table.json``: built from the children's reports at each request, so a running sweep
@@ -267,13 +272,13 @@ def read_artifact(sweep: OwnedSweep, session: SessionDep,
         raise HTTPException(404, "Artifact not found")
     _, cells = cell_table(session, sweep)
     if name == "table.json":
-        return Response(json.dumps({"axes": sweep.axes, "seeds": sweep.seeds, "cells": cells}),
-                        media_type="application/json")
+        table = json.dumps({"axes": sweep.axes, "seeds": sweep.seeds, "cells": cells})
+        return conditional(request, table.encode(), "application/json")
     if name == "table.csv":
-        return Response(sweep_table.table_csv(_axes(sweep), cells), media_type="text/csv",
-                        headers={"Content-Disposition": f'attachment; filename="{sweep.id}-table.csv"'})
+        return conditional(request, sweep_table.table_csv(_axes(sweep), cells).encode(), "text/csv",
+                           headers={"Content-Disposition": f'attachment; filename="{sweep.id}-table.csv"'})
     title = f"{sweep.name or 'sweep'} ({sweep.id[:8]}): {len(sweep.seeds)} seed(s), means over succeeded seeds"
-    return Response(heatmap(_axes(sweep), cells, title), media_type="image/png")
+    return conditional(request, heatmap(_axes(sweep), cells, title), "image/png")
 
 
 _heatmaps: OrderedDict[str, bytes] = OrderedDict()
