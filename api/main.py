@@ -36,6 +36,7 @@ def create_app(settings: Settings | None = None, reconcile: bool = True) -> Fast
 
     docs = settings.docs_enabled  # production serves no /docs, /redoc, /openapi.json unless COSCOPE_DOCS=1
     app = FastAPI(title="coscope", version="1", lifespan=lifespan,
+                  generate_unique_id_function=lambda route: route.name,  # operationId: the function's name
                   docs_url="/docs" if docs else None, redoc_url="/redoc" if docs else None,
                   openapi_url="/openapi.json" if docs else None,
                   description="Adversarial-training jobs with catastrophic-overfitting onset reports. "

@@ -234,3 +234,61 @@ class SweepPublic(SweepSummary):
 class SweepsPublic(BaseModel):
     data: list[SweepSummary]
     count: int
+
+
+class Problem(BaseModel):
+    """An error: what went wrong, in words."""
+    detail: str
+
+
+class FieldProblem(BaseModel):
+    loc: list[str | int]  # where: e.g. ["body", "spec", "training", "epsilon"] or ["query", "limit"]
+    msg: str
+    type: str
+    cell: dict[str, Any] | None = None  # sweeps: the grid cell whose child spec is invalid
+
+
+class ValidationProblems(BaseModel):
+    """422: every invalid field, each named by its location."""
+    detail: list[FieldProblem]
+
+
+ERROR_TEXT = {
+    401: ("Missing, unknown or revoked API key (send `Authorization: Bearer <key>`)", Problem),
+    403: ("The key is not an admin's", Problem),
+    404: ("Not found, or owned by another team (the same answer)", Problem),
+    409: ("Conflict: already finished, or a request with this Idempotency-Key is in flight", Problem),
+    413: ("Request body over the size limit", Problem),
+    422: ("Invalid input: each problem names its field (`loc`)", ValidationProblems),
+    429: ("Submission rate, active-job quota or sweep wait limit reached: retry after `Retry-After` seconds",
+          Problem),
+}
+
+
+def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for these error status codes (``ERROR_TEXT``)."""
+    return {code: {"model": ERROR_TEXT[code][1], "description": ERROR_TEXT[code][0]} for code in codes}
+
+
+# The job request's examples in the OpenAPI document: examples/quickstart.yaml and
+# examples/paper/injected-fgsm.yaml as requests (tests/api/test_contract.py keeps them equal to the files).
+JOB_EXAMPLES: dict[str, dict[str, Any]] = {
+    "quickstart": {
+        "summary": "Quickstart: FGSM-AT on synthetic data (examples/quickstart.yaml), about 10 s on a CPU",
+        "value": {"name": "quickstart", "tags": ["example"], "spec": {
+            "seed": 0,
+            "dataset": {"name": "synthetic", "synthetic_train_size": 1024, "synthetic_test_size": 256},
+            "model": {"arch": "preact_resnet18", "width": 8},
+            "training": {"method": "fgsm", "epsilon": 8, "epochs": 3, "batch_size": 128, "log_every": 4},
+            "evaluation": {"pgd_steps": 10, "restarts": 2, "test_subset": 256},
+            "monitor": {"train_images": 128}}},
+    },
+    "paper": {
+        "summary": "The paper's headline setting: injected CIFAR-10, beta 4/255, FGSM-AT at epsilon 6/255 "
+                   "(examples/paper/injected-fgsm.yaml; GPU scale)",
+        "value": {"name": "paper: injected beta=4, eps=6", "tags": ["paper"], "queue": "gpu", "spec": {
+            "dataset": {"name": "imagefolder", "path": "cifar10-jpeg", "normalization": "cifar10"},
+            "intervention": {"kind": "inject", "beta": 4},
+            "training": {"method": "fgsm", "epsilon": 6}}},
+    },
+}

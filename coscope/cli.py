@@ -25,6 +25,10 @@ def main(argv: list[str] | None = None) -> int:
 
     validate = commands.add_parser("validate", help="check a job spec and print it with defaults resolved")
     validate.add_argument("spec")
+    commands.add_parser("schema", help="print the job spec's JSON Schema (docs/spec.schema.json)")
+    openapi = commands.add_parser("openapi", help="print the HTTP API's OpenAPI document (docs/openapi.json)")
+    openapi.add_argument("--docs", metavar="DIR", default=None,
+                         help="write DIR/openapi.json and DIR/spec.schema.json instead of printing")
 
     from coscope.client_cli import (
         CLIENT_COMMANDS,
@@ -46,7 +50,25 @@ def main(argv: list[str] | None = None) -> int:
         return _train(args)
     if args.command == "report":
         return _report(args)
+    if args.command in ("schema", "openapi"):
+        return _contract(args)
     return _validate(args)
+
+
+def _contract(args: argparse.Namespace) -> int:
+    """The published contract (``api.contract``): print one document, or rewrite both files under --docs."""
+    from pathlib import Path
+
+    from api import contract
+
+    if args.command == "schema":
+        sys.stdout.write(contract.dumps(contract.spec_schema()))
+    elif args.docs:
+        for path in contract.write_docs(Path(args.docs)):
+            sys.stderr.write(f"wrote {path}\n")
+    else:
+        sys.stdout.write(contract.dumps(contract.openapi_document()))
+    return 0
 
 
 def _report(args: argparse.Namespace) -> int:

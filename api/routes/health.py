@@ -20,13 +20,13 @@ from store.status import JOB_STATES
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz")
+@router.get("/healthz", summary="Liveness")
 def healthz() -> dict[str, str]:
     """The process is up."""
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get("/readyz", summary="Readiness: database and broker")
 async def readyz(settings: SettingsDep, response: Response,
                  publisher: Annotated[Publisher, Depends(get_publisher)]) -> dict[str, str]:
     """The database and the broker are reachable (503 otherwise)."""
@@ -73,7 +73,8 @@ class StoreCollector:
         yield from (by_state, depth, duration, count, throughput)
 
 
-@router.get("/metrics", response_class=Response)
+@router.get("/metrics", response_class=Response, summary="Prometheus metrics",
+            responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}})
 def metrics(settings: SettingsDep) -> Response:
     """Prometheus text format."""
     registry = CollectorRegistry()

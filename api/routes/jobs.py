@@ -9,8 +9,8 @@ import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from fastapi import (APIRouter, BackgroundTasks, Depends, Header, HTTPException, Query, Request, Response,
-                     status)
+from fastapi import (APIRouter, BackgroundTasks, Body, Depends, Header, HTTPException, Query, Request,
+                     Response, status)
 from fastapi.responses import FileResponse, StreamingResponse
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -20,7 +20,8 @@ from api.conditional import conditional, conditional_file
 from api.deps import (ChangeWindowDep, CurrentKey, OwnedJob, SessionDep, SettingsDep, get_current_key,
                       get_publisher, limit_submissions)
 from api.queue import Publisher, publish_and_mark
-from api.schemas import Artifact, ArtifactsPublic, JobCreate, JobPublic, JobsPublic, JobSummary, MetricsPublic
+from api.schemas import (JOB_EXAMPLES, Artifact, ArtifactsPublic, JobCreate, JobPublic, JobsPublic,
+                         JobSummary, MetricsPublic, errors)
 from core.cost import default_queue
 from store import crud, webhooks
 from store.db import session_scope
@@ -28,7 +29,9 @@ from store.models import Job
 from store.status import FINISHED_STATES, JobStatus
 from store.settings import Settings
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(get_current_key)])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(get_current_key)],
+                   responses=errors(401, 422))
+OWNED = errors(404)  # routes of one job
 ARTIFACTS = ("report.json", "metrics.jsonl", "summary.md", "curves.png", "checkpoint.pt", "best.pt")
 QUOTA_RETRY_SECONDS = 60  # Retry-After when the team's active-job quota is full
 
@@ -51,9 +54,12 @@ def to_public(job: Job, settings: Settings) -> JobPublic:
     return JobPublic(**summary_fields(job, settings), spec=job.spec)
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=JobPublic,
-             dependencies=[Depends(limit_submissions)])
-def create_job(body: JobCreate, key: CurrentKey, session: SessionDep, settings: SettingsDep, response: Response,
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=JobPublic, summary="Submit a job",
+             dependencies=[Depends(limit_submissions)],
+             responses={200: {"model": JobPublic, "description": "Replayed: this Idempotency-Key's job"},
+                        **errors(409, 413, 429)})
+def create_job(body: Annotated[JobCreate, Body(openapi_examples=JOB_EXAMPLES)], key: CurrentKey,
+               session: SessionDep, settings: SettingsDep, response: Response,
                publisher: Annotated[Publisher, Depends(get_publisher)], background: BackgroundTasks,
                idempotency_key: Annotated[str | None, Header(max_length=200)] = None) -> Any:
     """Submit a job; with an Idempotency-Key, the same key and body return the same job."""
@@ -88,7 +94,7 @@ def create_job(body: JobCreate, key: CurrentKey, session: SessionDep, settings: 
     return to_public(job, settings)
 
 
-@router.get("", response_model=JobsPublic)
+@router.get("", response_model=JobsPublic, summary="List the team's jobs")
 def read_jobs(key: CurrentKey, session: SessionDep, settings: SettingsDep, window: ChangeWindowDep,
               status_: Annotated[JobStatus | None,
                                  Query(alias="status")] = None,
@@ -97,18 +103,19 @@ def read_jobs(key: CurrentKey, session: SessionDep, settings: SettingsDep, windo
               ) -> Any:
     """List the team's jobs, newest first, without their specs; ``count`` is every match, not the page."""
     team = None if key.role == "admin" else key.team
-    jobs, count = crud.list_jobs(session, team, status_, tag, limit, offset, created_after=window.created_after,
-                                 updated_after=window.updated_after)
+    jobs, count = crud.list_jobs(session, team, status_, tag, limit, offset,
+                                 created_after=window.created_after, updated_after=window.updated_after)
     return JobsPublic(data=[JobSummary(**summary_fields(job, settings)) for job in jobs], count=count)
 
 
-@router.get("/{job_id}", response_model=JobPublic)
+@router.get("/{job_id}", response_model=JobPublic, summary="Read a job", responses=OWNED)
 def read_job(job: OwnedJob, settings: SettingsDep) -> Any:
     """Status, progress (epoch, step, ETA), the CO verdict so far, and the error if any."""
     return to_public(job, settings)
 
 
-@router.post("/{job_id}/cancel", status_code=status.HTTP_202_ACCEPTED, response_model=JobPublic)
+@router.post("/{job_id}/cancel", status_code=status.HTTP_202_ACCEPTED, response_model=JobPublic,
+             summary="Cancel a job", responses={**OWNED, **errors(409)})
 def cancel_job(job: OwnedJob, session: SessionDep, settings: SettingsDep, background: BackgroundTasks) -> Any:
     """Queued jobs never start; running ones checkpoint and stop at the next step boundary."""
     return cancel(job, session, settings, background)
@@ -126,7 +133,8 @@ def cancel(job: Job, session: Session, settings: Settings, background: Backgroun
     return public
 
 
-@router.get("/{job_id}/events", responses={200: {"content": {"text/event-stream": {}}}})
+@router.get("/{job_id}/events", summary="Follow a job's events (SSE)",
+            responses={200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}}, **OWNED})
 async def job_events(job: OwnedJob, request: Request, settings: SettingsDep,
                      last_event_id: Annotated[int | None, Header(ge=0)] = None) -> StreamingResponse:
     """Server-Sent Events: status, progress, epoch and monitor metrics, CO onset. Resumable with
@@ -154,7 +162,9 @@ def redacted(data: dict[str, Any], settings: Settings) -> dict[str, Any]:
     return data
 
 
-@router.get("/{job_id}/report", responses={200: {"content": {"application/json": {}}}, 304: {}})
+@router.get("/{job_id}/report", summary="Read a job's report",
+            responses={200: {"content": {"application/json": {"schema": {"type": "object"}}}},
+                       304: {"description": "Not modified (If-None-Match)"}, **OWNED})
 def read_report(job: OwnedJob, request: Request) -> Response:
     """The run's report.json (with the CO section), once the job succeeded; with an ``ETag``
     (``If-None-Match``: 304 while unchanged)."""
@@ -163,8 +173,8 @@ def read_report(job: OwnedJob, request: Request) -> Response:
     return conditional(request, json.dumps(job.report, sort_keys=True).encode(), "application/json")
 
 
-@router.get("/{job_id}/metrics", response_model=MetricsPublic,
-            responses={200: {"content": {"text/csv": {}}}})
+@router.get("/{job_id}/metrics", response_model=MetricsPublic, summary="Read a job's metrics rows",
+            responses={200: {"content": {"text/csv": {"schema": {"type": "string"}}}}, **OWNED})
 def read_metrics(job: OwnedJob, session: SessionDep,
                  kind: Annotated[Literal["train", "epoch", "monitor"] | None, Query()] = None,
                  format_: Annotated[Literal["json", "csv"], Query(alias="format")] = "json") -> Any:
@@ -180,7 +190,8 @@ def read_metrics(job: OwnedJob, session: SessionDep,
     return Response(buffer.getvalue(), media_type="text/csv")
 
 
-@router.get("/{job_id}/artifacts", response_model=ArtifactsPublic)
+@router.get("/{job_id}/artifacts", response_model=ArtifactsPublic, summary="List a job's artifacts",
+            responses=OWNED)
 def read_artifacts(job: OwnedJob, settings: SettingsDep) -> Any:
     """The files of the job's run folder that can be downloaded."""
     present = [Artifact(name=name, size=path.stat().st_size) for name in ARTIFACTS
@@ -188,7 +199,10 @@ def read_artifacts(job: OwnedJob, settings: SettingsDep) -> Any:
     return ArtifactsPublic(data=present)
 
 
-@router.get("/{job_id}/artifacts/{name}", response_class=FileResponse, responses={304: {}})
+@router.get("/{job_id}/artifacts/{name}", response_class=FileResponse, summary="Download a job's artifact",
+            responses={200: {"content": {"application/octet-stream": {"schema": {"type": "string",
+                                                                                 "format": "binary"}}}},
+                       304: {"description": "Not modified (If-None-Match)"}, **OWNED})
 def read_artifact(job: OwnedJob, settings: SettingsDep, request: Request, name: str) -> Any:
     """One artifact by name: only the fixed names above, never a path; with an ``ETag``
     (``If-None-Match``: 304 while unchanged)."""

@@ -24,7 +24,7 @@ from api.deps import (ChangeWindowDep, CurrentKey, SessionDep, SettingsDep, get_
                       limit_submissions)
 from api.queue import Publisher, publish_and_mark
 from api.routes.jobs import QUOTA_RETRY_SECONDS, redacted
-from api.schemas import SweepCreate, SweepPublic, SweepsPublic, SweepSummary
+from api.schemas import SweepCreate, SweepPublic, SweepsPublic, SweepSummary, errors
 from core.cost import default_queue, estimate_cost
 from core.spec import JobSpec, leaf_paths
 from store import crud, sweeps, webhooks
@@ -33,7 +33,9 @@ from store.models import Sweep
 from store.settings import Settings
 from store.status import SWEEP_FINISHED_STATES
 
-router = APIRouter(prefix="/v1/sweeps", tags=["sweeps"], dependencies=[Depends(get_current_key)])
+router = APIRouter(prefix="/v1/sweeps", tags=["sweeps"], dependencies=[Depends(get_current_key)],
+                   responses=errors(401, 422))
+OWNED = errors(404)  # routes of one sweep
 AXIS_PATHS = frozenset(leaf_paths()) - {"version", "seed"}  # seeds are the sweep's own list
 MAX_PROBLEMS = 20  # a grid of bad cells names this many
 ARTIFACTS = ("heatmap.png", "table.csv", "table.json")
@@ -130,8 +132,10 @@ def _child_name(name: str | None, params: dict[str, Any], seed: int) -> str:
     return f"{name or 'sweep'} [{cell}, seed={seed}]"[:200]
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=SweepPublic,
-             dependencies=[Depends(limit_submissions)])
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=SweepPublic, summary="Submit a sweep",
+             dependencies=[Depends(limit_submissions)],
+             responses={200: {"model": SweepPublic, "description": "Replayed: this Idempotency-Key's sweep"},
+                        **errors(409, 413, 429)})
 def create_sweep(body: SweepCreate, key: CurrentKey, session: SessionDep, settings: SettingsDep,
                  response: Response, publisher: Annotated[Publisher, Depends(get_publisher)],
                  background: BackgroundTasks,
@@ -198,7 +202,7 @@ def to_public(session: Session, sweep: Sweep) -> SweepPublic:
     return SweepPublic(**summary_fields(sweep, counts), jobs=jobs, cells=cells)
 
 
-@router.get("", response_model=SweepsPublic)
+@router.get("", response_model=SweepsPublic, summary="List the team's sweeps")
 def read_sweeps(key: CurrentKey, session: SessionDep, window: ChangeWindowDep,
                 limit: Annotated[int, Query(ge=1, le=200)] = 50,
                 offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0) -> Any:
@@ -211,14 +215,15 @@ def read_sweeps(key: CurrentKey, session: SessionDep, window: ChangeWindowDep,
                         count=count)
 
 
-@router.get("/{sweep_id}", response_model=SweepPublic)
+@router.get("/{sweep_id}", response_model=SweepPublic, summary="Read a sweep and its cells", responses=OWNED)
 def read_sweep(sweep: OwnedSweep, session: SessionDep) -> Any:
     """Status, children per status, and per cell: its jobs, final clean and robust accuracy and CO verdicts
     (mean and standard deviation over the seeds that succeeded)."""
     return to_public(session, sweep)
 
 
-@router.post("/{sweep_id}/cancel", status_code=status.HTTP_202_ACCEPTED, response_model=SweepPublic)
+@router.post("/{sweep_id}/cancel", status_code=status.HTTP_202_ACCEPTED, response_model=SweepPublic,
+             summary="Cancel a sweep's unfinished jobs", responses={**OWNED, **errors(409)})
 def cancel_sweep(sweep: OwnedSweep, session: SessionDep, settings: SettingsDep,
                  background: BackgroundTasks) -> Any:
     """Cancel every unfinished child: waiting ones at once, running ones at their next step."""
@@ -232,7 +237,8 @@ def cancel_sweep(sweep: OwnedSweep, session: SessionDep, settings: SettingsDep,
     return to_public(session, sweep)
 
 
-@router.get("/{sweep_id}/events", responses={200: {"content": {"text/event-stream": {}}}})
+@router.get("/{sweep_id}/events", summary="Follow a sweep's events (SSE)",
+            responses={200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}}, **OWNED})
 async def sweep_events(sweep: OwnedSweep, request: Request, settings: SettingsDep,
                        last_event_id: Annotated[int | None, Header(ge=0)] = None) -> StreamingResponse:
     """Server-Sent Events: ``child_finished`` and ``child_co_onset`` (with the child's id, cell and seed),
@@ -261,9 +267,12 @@ def _sweep_events(settings: Settings, sweep: Sweep) -> sse.Fetch:
     return fetch
 
 
-@router.get("/{sweep_id}/artifacts/{name}",
-            responses={200: {"content": {"image/png": {}, "text/csv": {}}}, 304: {}})
-def read_artifact(sweep: OwnedSweep, session: SessionDep, request: Request,
+@router.get("/{sweep_id}/artifacts/{name}", summary="Download a sweep's heatmap or table",
+            responses={200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}},
+                                         "text/csv": {"schema": {"type": "string"}},
+                                         "application/json": {"schema": {"type": "object"}}}},
+                       304: {"description": "Not modified (If-None-Match)"}, **OWNED})
+def read_sweep_artifact(sweep: OwnedSweep, session: SessionDep, request: Request,
                   name: Annotated[str, Path(max_length=20)]) -> Response:
     """``heatmap.png`` (robust and clean accuracy and CO onset over the first two axes, seeds averaged),
     ``table.csv`` or ``table.json``: built from the children's reports at each request, so a running sweep
