@@ -69,6 +69,7 @@ class Tracker:
         self.marks: dict[str, int] = {}
         self.sent = self.dropped = self.in_flight = 0  # rows: logged, never sent, in the batches being sent
         self.gave_up = False
+        self._recorded = threading.Lock()  # one outcome per attempt: the first to take it records
         self._queue: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._main, name=f"mlflow-{job.id}", daemon=True)
 
@@ -89,8 +90,10 @@ class Tracker:
         """The job ended with ``outcome`` (a job status, or ``stale``): finish the run, in bounded time."""
         self._queue.put(("close", outcome))
         self._thread.join(self.settings.mlflow_give_up_seconds + CLOSE_SLACK_SECONDS)
-        if self._thread.is_alive():
+        if self._thread.is_alive():  # e.g. still importing mlflow on a starved machine; the process may exit
             log.warning("MLflow tracking of job %s still busy; leaving it", self.job.id)
+            self._record({"outcome": "failed", "stage": "close", "error": "timeout", "status_code": None,
+                          "rows_dropped": None})
 
     # ---- The tracking thread -------------------------------------------------------------------------
     def _main(self) -> None:
@@ -230,6 +233,8 @@ class Tracker:
                 delay = min(delay * 2, MAX_BACKOFF_SECONDS)
 
     def _record(self, data: dict[str, Any]) -> None:
+        if not self._recorded.acquire(blocking=False):
+            return
         try:
             with session_scope(self.settings.database) as session:
                 crud.add_event(session, self.job.id, self.attempt, "tracking", data)

@@ -121,13 +121,16 @@ def tracked_stack(tmp_path: Path, server: MlflowServer, give_up: float = 60) -> 
     return stack
 
 
-def tracking_events(api: Api, job_id: str, count: int = 1) -> list[dict[str, Any]]:
-    """The finished job's ``tracking`` events once ``count`` are recorded (they may follow its status)."""
-    def recorded() -> list[dict[str, Any]] | None:
-        found = [event["data"] for event in api.events(job_id) if event["type"] == "tracking"]
-        return found if len(found) >= count else None
+def tracking_events(api: Api, job_id: str, stack: Stack) -> list[dict[str, Any]]:
+    """The finished job's ``tracking`` events once one is recorded (it may follow the job's status)."""
+    def recorded() -> list[dict[str, Any]]:
+        return [event["data"] for event in api.events(job_id) if event["type"] == "tracking"]
 
-    return wait_until(recorded, 120, f"{count} tracking event(s) of job {job_id}", every=1)
+    try:
+        return wait_until(recorded, 120, f"a tracking event of job {job_id}", every=1)
+    except AssertionError as error:  # the worker's log says why (its MLflow client logs there)
+        logs = "\n".join(stack.log(path.name) for path in sorted(stack.home.glob("*.log")))
+        raise AssertionError(f"{error}\n{logs}") from None
 
 
 def metric_rows(api: Api, job_id: str) -> list[dict[str, Any]]:
@@ -159,7 +162,7 @@ def test_a_job_becomes_a_run_with_its_spec_metrics_verdict_and_artifacts(tmp_pat
         job = api.submit(job_spec(epochs=2), name="mlflow e2e",
                          tracking={"experiment": "fgsm-study", "tags": {"owner": "ana"}})
         assert api.wait_finished(job["id"])["status"] == "succeeded"
-        [event] = tracking_events(api, job["id"])
+        [event] = tracking_events(api, job["id"], stack)
         report = api.http.get(f"/v1/jobs/{job['id']}/report").json()
         rows = metric_rows(api, job["id"])
     finally:
@@ -214,7 +217,7 @@ def test_a_killed_worker_s_job_continues_the_same_run_as_attempt_2_without_repea
         stack.start_worker()
         final = api.wait_finished(job["id"])
         assert (final["status"], final["attempt"]) == ("succeeded", 2), stack.log("worker1.log")
-        [event] = tracking_events(api, job["id"])
+        [event] = tracking_events(api, job["id"], stack)
         rows = metric_rows(api, job["id"])
     finally:
         stack.close()
@@ -269,7 +272,7 @@ def test_a_server_gone_mid_job_fails_the_tracking_not_the_job(tmp_path):
         assert api.job(job["id"])["status"] == "running"
         final = api.wait_finished(job["id"])
         assert final["status"] == "succeeded" and final["error"] is None
-        [event] = tracking_events(api, job["id"])
+        [event] = tracking_events(api, job["id"], stack)
         assert api.http.get(f"/v1/jobs/{job['id']}/report").status_code == 200
     finally:
         server.stop()
@@ -313,7 +316,7 @@ def test_a_cancelled_job_ends_its_run_killed(tmp_path, mlflow_server):
         api.events(job["id"], until="epoch")
         assert api.http.post(f"/v1/jobs/{job['id']}/cancel").status_code == 202
         assert api.wait_finished(job["id"])["status"] == "cancelled"
-        [event] = tracking_events(api, job["id"])
+        [event] = tracking_events(api, job["id"], stack)
     finally:
         stack.close()
     run = mlflow_server.run(job["id"], "coscope/default")
