@@ -77,7 +77,7 @@ class TrainingSpec(_Section):
     pgd_steps: int = Field(10, ge=1, le=100)  # pgd method only
     noise_magnitude: Per255 | None = None  # rs_fgsm / n_fgsm init noise half-width, /255; None = default
     grad_align_lambda: float = Field(0.2, ge=0.0, le=100.0)  # paper config: 0.2 (right for eps=8)
-    grad_align_at: Literal["clean", "adversarial"] = "clean"  # where g1 is taken; see README
+    grad_align_at: Literal["clean", "adversarial"] = "clean"  # where g1 is taken; see docs/spec.md
     epochs: int = Field(30, ge=1, le=1000)
     batch_size: int = Field(128, ge=1, le=8192)
     lr_max: float = Field(0.2, gt=0.0, le=10.0)

@@ -1,7 +1,8 @@
 """``coscope sweep submit|status|cancel|download|list``: the client side of ``/v1/sweeps``.
 
-Exit codes as for jobs (README): 0 done (``--wait``: the sweep succeeded), 1 the sweep did not succeed or the
-server failed the call, 2 bad input (a malformed ``--axis``, a 422 naming the field and cell).
+Exit codes as for jobs (``coscope.client_cli.ExitCode``): 0 done (``--wait``: the sweep succeeded), 1 it failed
+or partly failed, 2 bad input (a malformed ``--axis``, a 422 naming the field and cell), 3 cancelled, 4-7 as for
+jobs (unreachable, key refused, not found, rate limit).
 """
 
 from __future__ import annotations

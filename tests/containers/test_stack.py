@@ -2,7 +2,7 @@
 
 The stack (conftest.py): images built from docker/Dockerfile.{api,worker}, then redis, postgres, api and the
 ``--profile cpu`` worker started from docker-compose.yml. The host talks to it over HTTP only, as a user
-would; ``podman exec`` only where the README sends users to ``docker compose exec``, and to look inside.
+would; ``podman exec`` only where docs/operations.md sends users to ``docker compose exec``, and to look inside.
 The tests run in file order on one stack: the last one stops the API.
 """
 
@@ -25,7 +25,7 @@ FINISHED = ("succeeded", "failed", "cancelled")
 
 @pytest.fixture(scope="module")
 def api(stack: Stack) -> Api:
-    # The README's way to the first admin key: `docker compose exec api cat /var/lib/coscope/api-key`.
+    # docs/operations.md's way to the first admin key: `docker compose exec api cat /var/lib/coscope/api-key`.
     key = stack.project.exec("api", "cat", "/var/lib/coscope/api-key").stdout.strip()
     return Api(stack.url, key)
 
