@@ -56,3 +56,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "reproduction" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="module")
+def embedded_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """A real ``coscope serve`` (embedded: SQLite store and queue, its own worker) for the requesting module,
+    and an admin key: ``stack, key = embedded_server``."""
+    from coscope.harness import Stack
+
+    stack = Stack("embedded", tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1]) / "home")
+    stack.home.mkdir()
+    stack.start_api(worker=True)
+    try:
+        yield stack, stack.admin_key()
+    finally:
+        stack.close()

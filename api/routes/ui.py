@@ -8,6 +8,7 @@ Content-Security-Policy: scripts and styles from this server only, nothing inlin
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -53,8 +54,20 @@ def render(name: str) -> str:
     return html
 
 
-def _page(name: str) -> HTMLResponse:
-    return HTMLResponse(render(name), headers={"Cache-Control": "no-cache"})
+ROUTES = {"/ui/": "signin", "/ui/jobs": "jobs", "/ui/jobs/{job_id}": "job", "/ui/sweeps": "sweeps",
+          "/ui/sweeps/{sweep_id}": "sweep", "/ui/submit": "submit"}  # a page's ids: its script reads the URL
+
+
+def _serve(name: str) -> Callable[[], HTMLResponse]:
+    def page() -> HTMLResponse:
+        return HTMLResponse(render(name), headers={"Cache-Control": "no-cache"})
+
+    page.__name__ = f"{name}_page"
+    return page
+
+
+for _path, _name in ROUTES.items():
+    router.add_api_route(_path, _serve(_name), methods=["GET"])
 
 
 @router.get("/")
@@ -65,36 +78,6 @@ def root() -> RedirectResponse:
 @router.get("/ui")
 def ui_root() -> RedirectResponse:
     return RedirectResponse("/ui/")
-
-
-@router.get("/ui/")
-def signin_page() -> HTMLResponse:
-    return _page("signin")
-
-
-@router.get("/ui/jobs")
-def jobs_page() -> HTMLResponse:
-    return _page("jobs")
-
-
-@router.get("/ui/jobs/{job_id}")
-def job_page(job_id: str) -> HTMLResponse:  # noqa: ARG001 (the page reads the id from its URL)
-    return _page("job")
-
-
-@router.get("/ui/sweeps")
-def sweeps_page() -> HTMLResponse:
-    return _page("sweeps")
-
-
-@router.get("/ui/sweeps/{sweep_id}")
-def sweep_page(sweep_id: str) -> HTMLResponse:  # noqa: ARG001 (the page reads the id from its URL)
-    return _page("sweep")
-
-
-@router.get("/ui/submit")
-def submit_page() -> HTMLResponse:
-    return _page("submit")
 
 
 static_files = StaticFiles(directory=UI_DIR / "static")

@@ -18,7 +18,7 @@ import yaml
 
 from api import contract
 from api.schemas import JOB_EXAMPLES, JobCreate
-from coscope.harness import SLOWNESS, Stack
+from coscope.harness import SLOWNESS
 from tests.service.conftest import job_spec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -106,19 +106,8 @@ def generated_client(tmp_path_factory: pytest.TempPathFactory):
         sys.path.remove(str(folder))
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory):
-    stack = Stack("embedded", tmp_path_factory.mktemp("contract") / "home")
-    stack.home.mkdir()
-    stack.start_api(worker=True)
-    try:
-        yield stack, stack.admin_key()
-    finally:
-        stack.close()
-
-
-def test_a_generated_client_submits_and_reads_a_job(generated_client, server):
-    stack, key = server
+def test_a_generated_client_submits_and_reads_a_job(generated_client, embedded_server):
+    stack, key = embedded_server
     client_module = importlib.import_module("coscope_generated.client")
     models = importlib.import_module("coscope_generated.models")
     create_job = importlib.import_module("coscope_generated.api.jobs.create_job")

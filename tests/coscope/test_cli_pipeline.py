@@ -6,30 +6,18 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 import yaml
 
 from coscope.harness import Stack
 from tests.service.conftest import job_spec
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory):
-    stack = Stack("embedded", tmp_path_factory.mktemp("pipeline") / "home")
-    stack.home.mkdir()
-    stack.start_api(worker=True)
-    try:
-        yield stack, stack.admin_key()
-    finally:
-        stack.close()
-
-
 def _cli(stack: Stack, key: str, *args: str):
     return stack.coscope(*args, "--server", stack.url, "--key", key)
 
 
-def test_submit_wait_json_then_status_json(server, tmp_path: Path):
-    stack, key = server
+def test_submit_wait_json_then_status_json(embedded_server, tmp_path: Path):
+    stack, key = embedded_server
     spec = tmp_path / "spec.yaml"
     spec.write_text(yaml.safe_dump(job_spec(epochs=1)))
     submitted = _cli(stack, key, "submit", str(spec), "--wait", "--output", "json", "--name", "step")
@@ -41,8 +29,8 @@ def test_submit_wait_json_then_status_json(server, tmp_path: Path):
     assert status.returncode == 0 and json.loads(status.stdout)["id"] == job["id"]
 
 
-def test_exit_codes_of_bad_input_missing_job_and_a_refused_key(server, tmp_path: Path):
-    stack, key = server
+def test_exit_codes_of_bad_input_missing_job_and_a_refused_key(embedded_server, tmp_path: Path):
+    stack, key = embedded_server
     bad = tmp_path / "bad.yaml"
     bad.write_text("training:\n  epsilon: -1\n")
     assert _cli(stack, key, "submit", str(bad), "--output", "json").returncode == 2

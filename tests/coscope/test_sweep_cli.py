@@ -12,17 +12,6 @@ from coscope.harness import Stack
 from tests.service.conftest import job_spec
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory):
-    stack = Stack("embedded", tmp_path_factory.mktemp("sweep-cli") / "home")
-    stack.home.mkdir()
-    stack.start_api(worker=True)
-    try:
-        yield stack, stack.admin_key()
-    finally:
-        stack.close()
-
-
 def _cli(stack: Stack, key: str, *args: str):
     return stack.coscope(*args, "--server", stack.url, "--key", key)
 
@@ -34,8 +23,9 @@ def spec_file(tmp_path: Path) -> Path:
     return path
 
 
-def test_submit_wait_prints_the_table_of_the_sweep_and_download_writes_its_artifacts(server, spec_file, tmp_path):
-    stack, key = server
+def test_submit_wait_prints_the_table_of_the_sweep_and_download_writes_its_artifacts(embedded_server, spec_file,
+                                                                                     tmp_path):
+    stack, key = embedded_server
     result = _cli(stack, key, "sweep", "submit", str(spec_file), "--axis", "training.epsilon=2,8",
                   "--seeds", "0", "--name", "cli", "--wait")
     assert result.returncode == 0, result.stderr
@@ -65,14 +55,14 @@ def test_submit_wait_prints_the_table_of_the_sweep_and_download_writes_its_artif
                                              ("training.epsilon=2020-01-01", "numbers, booleans or words"),
                                              ("training.epsilon=4,300", "grid.training.epsilon.1 (cell "
                                                                         "training.epsilon=300)")])
-def test_a_bad_axis_exits_2_naming_it(server, spec_file, axis, named):
-    stack, key = server
+def test_a_bad_axis_exits_2_naming_it(embedded_server, spec_file, axis, named):
+    stack, key = embedded_server
     result = _cli(stack, key, "sweep", "submit", str(spec_file), "--axis", axis)
     assert result.returncode == 2 and named in result.stderr, result.stderr
 
 
-def test_the_python_client_cancels_a_sweep_and_waits_for_its_end(server):
-    stack, key = server
+def test_the_python_client_cancels_a_sweep_and_waits_for_its_end(embedded_server):
+    stack, key = embedded_server
     with CoscopeClient(stack.url, key) as client:
         sweep = client.submit_sweep(job_spec(epochs=30, train_size=512), {"training.epsilon": [2, 4, 6, 8]})
         client.cancel_sweep(sweep["id"])
