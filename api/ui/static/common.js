@@ -221,6 +221,7 @@ export async function follow(path, onEvent, {signal} = {}) {
   for (let failures = 0; !signal?.aborted; ) {
     try {
       const response = await api(path, {signal, headers: {"Last-Event-ID": String(lastId)}});
+      if (response.status === 404) return; // gone (purged) or never ours: nothing to follow
       if (!response.ok) throw new Error(`HTTP ${response.status}`);
       const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
       let buffer = "";

@@ -168,7 +168,8 @@ try {
   showMessage("job-message", error.status === 404 ? "No such job (or not your team's)." : `Could not load the job: ${error.message}`);
   throw error;
 }
-if (!FINISHED.has(job.status)) {
+while (!FINISHED.has(job.status)) {
   await follow(`${base}/events`, onEvent);
-  await loadAll(); // the stream ended: the job finished; read its final state, report and artifacts
+  await loadAll(); // the stream ended: the job finished (or the server restarted): read its state again
+  if (!FINISHED.has(job.status)) await new Promise((resolve) => setTimeout(resolve, 1000));
 }
