@@ -180,11 +180,16 @@ def _execute(settings: Settings, job_id: str, attempt: int, spec_data: Any, leas
         return "stale"
     except SoftTimeLimitExceeded:  # COSCOPE_JOB_TIME_LIMIT_SECONDS (worker.celery_app): not retried
         reporter.flush()
-        fields = {"error_code": "time_limit", "error_message": "the job ran past the worker's time limit"}
+        fields = TIME_LIMIT
     except Exception as error:
-        log.exception("job %s failed", job_id)
-        fields = {"error_code": "internal_error",  # details stay in the worker log, not in the API
-                  "error_message": f"{type(error).__name__} in the worker; see its log"}
+        if _raised_during(error, SoftTimeLimitExceeded):
+            # the limit interrupted a database write, whose rollback then failed on the half-used connection
+            log.warning("job %s hit the time limit inside a database write", job_id, exc_info=error)
+            fields = TIME_LIMIT
+        else:
+            log.exception("job %s failed", job_id)
+            fields = {"error_code": "internal_error",  # details stay in the worker log, not in the API
+                      "error_message": f"{type(error).__name__} in the worker; see its log"}
     try:
         with session_scope(settings.database) as session:
             crud.finish(session, job_id, attempt, status, **fields)
@@ -192,6 +197,21 @@ def _execute(settings: Settings, job_id: str, attempt: int, spec_data: Any, leas
         return "stale"
     webhooks.notify(settings, job_id, f"job.{status}")  # synchronous: the child exits after this job
     return status
+
+
+TIME_LIMIT = {"error_code": "time_limit", "error_message": "the job ran past the worker's time limit"}
+
+
+def _raised_during(error: BaseException, kind: type[BaseException]) -> bool:
+    """Whether ``error`` is a ``kind`` or was raised while one was handled (its ``__context__`` chain)."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, kind):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def _train(settings: Settings, spec: JobSpec, out: Path, lease: Lease, reporter: Reporter) -> dict[str, Any]:

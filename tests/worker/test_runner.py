@@ -28,3 +28,29 @@ def test_r10_a_real_nan_loss_fails_the_job_as_diverged_once(tmp_path, single_thr
     assert run(job_id, settings, worker="test") == "finished"  # a redelivery is a no-op
     with session_scope(settings.database) as session:
         assert session.get(Job, job_id).attempt == 1
+
+
+def test_a_time_limit_inside_a_database_write_is_still_time_limit(tmp_path, monkeypatch):
+    """Celery's soft limit raises wherever the job is. Inside a PostgreSQL write, the session's rollback can
+    then fail on the half-used connection, and that error reaches the runner with the limit as its context.
+    It is still ``time_limit`` (not ``internal_error``): CI once saw R11 fail that way on PostgreSQL."""
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    from worker import runner
+
+    def interrupted_write(*args, **kwargs):
+        try:
+            raise SoftTimeLimitExceeded()
+        except SoftTimeLimitExceeded:
+            raise RuntimeError("rollback failed: another command is already in progress")  # noqa: B904
+
+    def unrelated_failure(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    settings = Settings(home=tmp_path)
+    for train, code in ((interrupted_write, "time_limit"), (unrelated_failure, "internal_error")):
+        monkeypatch.setattr(runner, "_train", train)
+        job_id = queued_job(settings, tiny_spec().model_dump(mode="json"))
+        assert run(job_id, settings, worker="test") == "failed"
+        with session_scope(settings.database) as session:
+            assert session.get(Job, job_id).error_code == code
