@@ -93,9 +93,10 @@ def _add_new_columns(engine: Engine) -> set[tuple[str, str]]:
 
 
 def _fill_from_reports(engine: Engine, added: set[str]) -> None:
-    """Columns copied from the report at finish (``store.models.REPORT_COLUMNS``) that were just added: copy them from
-    the reports written before (once)."""
-    values = {column: Job.report[path].as_float() for column, path in REPORT_COLUMNS.items() if column in added}
+    """Columns copied from the report at finish (``store.models.REPORT_COLUMNS``) that were just added: copy
+    them from the reports written before (once)."""
+    values = {column: Job.report[path].as_float() for column, path in REPORT_COLUMNS.items()
+              if column in added}
     if values:
         values["updated_at"] = Job.updated_at  # a copy, not a change
         with engine.begin() as connection:

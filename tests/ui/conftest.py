@@ -21,15 +21,13 @@ CSP_WORDS = "Content Security Policy"  # how chromium logs a blocked script, sty
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    home = tmp_path_factory.mktemp("ui") / "home"
-    home.mkdir()
-    created = Stack("embedded", home)
-    try:
-        created.start_api(worker=None)  # the embedded default: one worker in the API's process group
-        yield created
-    finally:
-        created.close()
+def stack(embedded_server) -> Stack:
+    return embedded_server[0]
+
+
+@pytest.fixture(scope="module")
+def admin_key(embedded_server) -> str:
+    return embedded_server[1]
 
 
 def create_key(stack: Stack, *args: str) -> str:
@@ -41,11 +39,6 @@ def create_key(stack: Stack, *args: str) -> str:
 @pytest.fixture(scope="module")
 def member_key(stack: Stack) -> str:
     return create_key(stack, "--name", "ui-member", "--team", "lab")
-
-
-@pytest.fixture(scope="module")
-def admin_key(stack: Stack) -> str:
-    return stack.admin_key()
 
 
 @pytest.fixture(scope="module")

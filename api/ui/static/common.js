@@ -156,6 +156,41 @@ export async function initShell() {
   return me;
 }
 
+/** The list pages' shared part: filters and page kept in the URL (a view can be bookmarked, the back button
+ * works), the Newer / Older buttons and the "1–25 of N" count. ``fetchPage(query)`` gets the page's
+ * ``limit``/``offset`` (and set filters) in ``query``, renders the page and returns the listing ({data, count}),
+ * or nothing when it failed. */
+export function pagedList({path, countId, filters = {}, pageSize = 25, fetchPage}) {
+  const params = new URLSearchParams(location.search);
+  const state = {page: Math.max(0, Number.parseInt(params.get("page") || "0", 10) || 0)};
+  for (const name of Object.keys(filters)) state[name] = params.get(name) || filters[name];
+
+  async function refresh() {
+    const query = new URLSearchParams({limit: pageSize, offset: state.page * pageSize});
+    for (const name of Object.keys(filters)) if (state[name]) query.set(name, state[name]);
+    const listing = await fetchPage(query);
+    if (!listing) return;
+    const last = state.page * pageSize + listing.data.length;
+    document.getElementById(countId).textContent =
+      `${listing.count ? state.page * pageSize + 1 : 0}–${last} of ${listing.count}`;
+    document.getElementById("prev").disabled = state.page === 0;
+    document.getElementById("next").disabled = last >= listing.count;
+  }
+
+  function go(changes) {
+    Object.assign(state, changes);
+    const query = new URLSearchParams();
+    for (const [name, value] of Object.entries(state)) if (value) query.set(name, value);
+    history.pushState(null, "", `${path}${query.size ? `?${query}` : ""}`);
+    refresh();
+  }
+
+  document.getElementById("prev").addEventListener("click", () => go({page: Math.max(0, state.page - 1)}));
+  document.getElementById("next").addEventListener("click", () => go({page: state.page + 1}));
+  window.addEventListener("popstate", () => location.reload());
+  return {state, go, refresh};
+}
+
 export function showMessage(id, text) {
   const element = document.getElementById(id);
   element.textContent = text || "";

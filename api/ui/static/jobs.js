@@ -1,21 +1,13 @@
 // The team's jobs (admins: every team's, with the team), newest first, filtered by status and tag, paged.
-// Filters and page live in the URL, so a view can be bookmarked and the back button works.
-import {FINISHED, apiJSON, h, initShell, percent, progressText, showMessage, statusBadge, verdictBadge, when}
-  from "./common.js";
+import {FINISHED, apiJSON, h, initShell, pagedList, percent, progressText, showMessage, statusBadge,
+  verdictBadge, when} from "./common.js";
 
-const PAGE_SIZE = 25;
 const REFRESH_MS = 5000; // while any listed job is unfinished
-const params = new URLSearchParams(location.search);
-const state = {status: params.get("status") || "", tag: params.get("tag") || "",
-               page: Math.max(0, Number.parseInt(params.get("page") || "0", 10) || 0)};
 const form = document.getElementById("filters");
 const statusInput = document.getElementById("filter-status");
 const tagInput = document.getElementById("filter-tag");
 let admin = false;
 let timer = null;
-
-statusInput.value = state.status;
-tagInput.value = state.tag;
 
 function row(job) {
   const cells = [
@@ -31,45 +23,30 @@ function row(job) {
   return h("tr", {dataset: {jobId: job.id, status: job.status}}, cells);
 }
 
-async function load() {
+async function fetchPage(query) {
   clearTimeout(timer);
-  const query = new URLSearchParams({limit: PAGE_SIZE, offset: state.page * PAGE_SIZE});
-  if (state.status) query.set("status", state.status);
-  if (state.tag) query.set("tag", state.tag);
   let listing;
   try {
     listing = await apiJSON(`${admin ? "/v1/admin/jobs" : "/v1/jobs"}?${query}`);
   } catch (error) {
     showMessage("jobs-message", `Could not list jobs: ${error.message}`);
-    return;
+    return null;
   }
   showMessage("jobs-message", listing.count ? "" : "No jobs match.");
   document.querySelector("#jobs tbody").replaceChildren(...listing.data.map(row));
-  const first = listing.count ? state.page * PAGE_SIZE + 1 : 0;
-  const last = state.page * PAGE_SIZE + listing.data.length;
-  document.getElementById("jobs-count").textContent = `${first}–${last} of ${listing.count}`;
-  document.getElementById("prev").disabled = state.page === 0;
-  document.getElementById("next").disabled = last >= listing.count;
-  if (listing.data.some((job) => !FINISHED.has(job.status))) timer = setTimeout(load, REFRESH_MS);
+  if (listing.data.some((job) => !FINISHED.has(job.status))) timer = setTimeout(() => list.refresh(), REFRESH_MS);
+  return listing;
 }
 
-function go(changes) {
-  Object.assign(state, changes);
-  const query = new URLSearchParams();
-  for (const [name, value] of Object.entries(state)) if (value) query.set(name, value);
-  history.pushState(null, "", `/ui/jobs${query.size ? `?${query}` : ""}`);
-  load();
-}
-
+const list = pagedList({path: "/ui/jobs", countId: "jobs-count", filters: {status: "", tag: ""}, fetchPage});
+statusInput.value = list.state.status;
+tagInput.value = list.state.tag;
 form.addEventListener("submit", (event) => {
   event.preventDefault();
-  go({status: statusInput.value, tag: tagInput.value.trim(), page: 0});
+  list.go({status: statusInput.value, tag: tagInput.value.trim(), page: 0});
 });
-document.getElementById("prev").addEventListener("click", () => go({page: Math.max(0, state.page - 1)}));
-document.getElementById("next").addEventListener("click", () => go({page: state.page + 1}));
-window.addEventListener("popstate", () => location.reload());
 
 const me = await initShell();
 admin = me.role === "admin";
 for (const cell of document.querySelectorAll(".admin-only")) cell.hidden = !admin;
-await load();
+await list.refresh();

@@ -1,8 +1,5 @@
 // The team's sweeps (admins: every team's), newest first, paged.
-import {apiJSON, countsText, h, initShell, showMessage, statusBadge, when} from "./common.js";
-
-const PAGE_SIZE = 25;
-let page = Math.max(0, Number.parseInt(new URLSearchParams(location.search).get("page") || "0", 10) || 0);
+import {apiJSON, countsText, h, initShell, pagedList, showMessage, statusBadge, when} from "./common.js";
 
 function row(sweep) {
   return h("tr", {dataset: {sweepId: sweep.id, status: sweep.status}},
@@ -14,30 +11,19 @@ function row(sweep) {
     h("td", {text: when(sweep.created_at)}));
 }
 
-async function load() {
+async function fetchPage(query) {
   let listing;
   try {
-    listing = await apiJSON(`/v1/sweeps?limit=${PAGE_SIZE}&offset=${page * PAGE_SIZE}`);
+    listing = await apiJSON(`/v1/sweeps?${query}`);
   } catch (error) {
     showMessage("sweeps-message", `Could not list sweeps: ${error.message}`);
-    return;
+    return null;
   }
   showMessage("sweeps-message", listing.count ? "" : "No sweeps yet (coscope sweep submit, or POST /v1/sweeps).");
   document.querySelector("#sweeps tbody").replaceChildren(...listing.data.map(row));
-  const last = page * PAGE_SIZE + listing.data.length;
-  document.getElementById("sweeps-count").textContent = `${listing.count ? page * PAGE_SIZE + 1 : 0}–${last} of ${listing.count}`;
-  document.getElementById("prev").disabled = page === 0;
-  document.getElementById("next").disabled = last >= listing.count;
+  return listing;
 }
 
-function go(to) {
-  page = to;
-  history.pushState(null, "", to ? `/ui/sweeps?page=${to}` : "/ui/sweeps");
-  load();
-}
-
-document.getElementById("prev").addEventListener("click", () => go(Math.max(0, page - 1)));
-document.getElementById("next").addEventListener("click", () => go(page + 1));
-window.addEventListener("popstate", () => location.reload());
+const list = pagedList({path: "/ui/sweeps", countId: "sweeps-count", fetchPage});
 await initShell();
-await load();
+await list.refresh();
