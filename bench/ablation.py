@@ -13,17 +13,13 @@ threads on the 2-core machine); each report records its thread count.
 from __future__ import annotations
 
 import argparse
-import copy
 import fnmatch
 import os
-import subprocess
-import sys
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import yaml
 from co_table import print_tables
+from common import merged, train_into
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = Path(os.environ.get("ABLATION_OUT", ROOT / "runs" / "ablation"))
@@ -65,13 +61,6 @@ ARMS = {
 }
 
 
-def merged(base: dict, overrides: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in overrides.items():
-        out[key] = merged(out.get(key, {}), value) if isinstance(value, dict) else value
-    return out
-
-
 def spec_for(arm: str, seed: int) -> dict:
     setting, overrides = ARMS[arm]
     _, intervention, training = SETTINGS[setting]
@@ -80,19 +69,7 @@ def spec_for(arm: str, seed: int) -> dict:
 
 
 def run_one(arm: str, seed: int, data_root: str) -> str:
-    out = OUT / f"{arm}-seed{seed}"
-    if (out / "report.json").exists():
-        return f"{out.name}: done before"
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as handle:
-        yaml.safe_dump(spec_for(arm, seed), handle)
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    log = OUT / f"{out.name}.log"
-    with open(log, "w") as sink:
-        code = subprocess.call([sys.executable, "-m", "coscope.cli", "train", handle.name, "--out", str(out),
-                                "--data-root", data_root, "--quiet"], stdout=sink, stderr=subprocess.STDOUT,
-                               env=env, cwd=ROOT)
-    os.unlink(handle.name)
-    return f"{out.name}: {'ok' if code == 0 else f'FAILED ({code}), see {log}'}"
+    return train_into(spec_for(arm, seed), OUT / f"{arm}-seed{seed}", data_root)
 
 
 def selected(only: list[str] | None) -> list[str]:

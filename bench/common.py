@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
 import json
 import os
@@ -110,3 +111,31 @@ def coscope_train(spec: dict, *options: str) -> tuple[float, dict]:
         subprocess.run([str(Path(sys.executable).parent / "coscope"), "train", str(spec_path), "--out", str(out),
                         "--quiet", *options], check=True)
         return time.perf_counter() - started, json.loads((out / "report.json").read_text())
+
+
+def merged(base: dict, overrides: dict) -> dict:
+    """``base`` with ``overrides`` applied section by section (nested dicts merge, other values replace)."""
+    out = copy.deepcopy(base)
+    for key, value in overrides.items():
+        out[key] = merged(out.get(key, {}), value) if isinstance(value, dict) else value
+    return out
+
+
+def train_into(spec: dict, out: Path, data_root: str, device: str = "cpu") -> str:
+    """``coscope train`` of ``spec`` into ``out`` with one thread, its output in ``out``.log; resumable: a
+    run with a report is skipped, one with a checkpoint continues. Returns a line for the console."""
+    if (out / "report.json").exists():
+        return f"{out.name}: done before"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    spec_path = out.parent / f"{out.name}.spec.json"
+    spec_path.write_text(json.dumps(spec, indent=1))
+    resume = ["--resume"] if (out / "checkpoint.pt").exists() else []
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    log = out.parent / f"{out.name}.log"
+    started = time.perf_counter()
+    with open(log, "a") as sink:
+        code = subprocess.call([sys.executable, "-m", "coscope.cli", "train", str(spec_path), "--out", str(out),
+                                "--data-root", data_root, "--device", device, "--quiet", *resume],
+                               stdout=sink, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    seconds = time.perf_counter() - started
+    return f"{out.name}: {'ok' if code == 0 else f'FAILED ({code}), see {log}'} ({seconds:.0f} s)"

@@ -29,13 +29,14 @@ BATCH = 128
 EPSILON = 8 / 255  # [0, 1] units; FGSM step alpha = epsilon, as the paper's scripts
 
 
-def throughput_spec(width: int, precision: str, steps: int):
+def throughput_spec(width: int, precision: str, steps: int, deterministic: bool = False):
     from core.spec import JobSpec
 
     return JobSpec.model_validate({
         "dataset": {"name": "synthetic", "synthetic_train_size": BATCH * steps, "synthetic_test_size": 10},
         "model": {"width": width},
-        "training": {"method": "fgsm", "epsilon": 8, "epochs": 1, "batch_size": BATCH, "precision": precision},
+        "training": {"method": "fgsm", "epsilon": 8, "epochs": 1, "batch_size": BATCH, "precision": precision,
+                     "deterministic": deterministic},
         "evaluation": {"pgd_steps": 1, "restarts": 1, "test_subset": 10},
         "monitor": {"enabled": False},
     })
@@ -59,13 +60,15 @@ class StepClock:
         return BATCH * (len(timed) - 1) / (timed[-1] - timed[0])
 
 
-def ours(width: int, precision: str, steps: int, warmup: int, device) -> float:
+def ours(width: int, variant: str, steps: int, warmup: int, device) -> float:
+    """``variant``: fp32, bf16, or "fp32 deterministic" (training.deterministic: the cost of a repeatable GPU run)."""
     from core.trainer import Callbacks, train
 
     clock = StepClock(device)
     callbacks = Callbacks(on_event=lambda event: clock.tick() if event["type"] == "progress" else None)
     with tempfile.TemporaryDirectory() as out:
-        train(throughput_spec(width, precision, warmup + steps), out, device, callbacks=callbacks)
+        spec = throughput_spec(width, variant.split()[0], warmup + steps, "deterministic" in variant)
+        train(spec, out, device, callbacks=callbacks)
     return clock.images_per_second(warmup)
 
 
@@ -145,8 +148,8 @@ def main() -> None:
     device = select_device(args.device)
     widths, repeats, steps, warmup = args.widths, args.repeats, args.steps, max(1, args.warmup)
     base = {w: [reference(w, steps, warmup, device) for _ in range(repeats)] for w in widths}
-    fast = {(w, p): [ours(w, p, steps, warmup, device) for _ in range(repeats)]
-            for w in widths for p in ("fp32", "bf16")}
+    variants = ("fp32", "bf16") + (("fp32 deterministic",) if device.type == "cuda" else ())  # same on a CPU
+    fast = {(w, v): [ours(w, v, steps, warmup, device) for _ in range(repeats)] for w in widths for v in variants}
     size = 8192 if device.type == "cuda" else 2048
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
     peak = {name: matmul_flops(dtype, device, size) for name, dtype in dtypes.items()}
@@ -161,13 +164,13 @@ def main() -> None:
         reference_rate = statistics.median(base[w])
         rows.append((f"width {w}: model forward FLOPs per image", f"{flops / 1e9:.3f} G"))
         rows.append((f"width {w}: reference-style loop, images/s", spread(base[w])))
-        for precision in ("fp32", "bf16"):
-            rates = fast[(w, precision)]
+        for variant in variants:
+            rates, precision = fast[(w, variant)], variant.split()[0]
             rate = statistics.median(rates)
             achieved = flops * 3 * 2 * rate
-            rows.append((f"width {w}: ours {precision}, images/s", spread(rates)))
-            rows.append((f"width {w}: ours {precision} / reference", f"{rate / reference_rate:.2f}x"))
-            rows.append((f"width {w}: ours {precision} hardware efficiency",
+            rows.append((f"width {w}: ours {variant}, images/s", spread(rates)))
+            rows.append((f"width {w}: ours {variant} / reference", f"{rate / reference_rate:.2f}x"))
+            rows.append((f"width {w}: ours {variant} hardware efficiency",
                          f"{achieved / 1e9:.0f} GFLOP/s = {100 * achieved / peak[precision]:.0f} % of the matmul, "
                          f"{100 * achieved / conv[precision]:.0f} % of the convolution"))
     allocator = "glibc defaults" if os.environ.get("COSCOPE_KEEP_FREED_MEMORY") == "0" else "keep freed memory"

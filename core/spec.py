@@ -96,6 +96,8 @@ class TrainingSpec(_Section):
     log_every: int = Field(20, ge=1, le=100_000)  # steps between logged training metrics
     max_steps: int | None = Field(None, ge=1, le=100_000_000)  # stop early (smoke tests, benchmarks); the
     # schedule still spans all epochs, the epoch in progress is closed and evaluated as usual
+    deterministic: bool = False  # CUDA: deterministic cuDNN kernels, no autotuning, so a GPU run repeats
+    # bit for bit on the same machine (cost in docs/performance.md); CPU runs are deterministic always
 
     def default_alpha(self) -> float:
         """Step size in /255 for this method, as in the paper's scripts (paper-notes §4)."""
@@ -188,14 +190,14 @@ class JobSpec(_Section):
 
     def sha256(self) -> str:
         """Stable digest of the resolved spec, stored in checkpoints to refuse a resume with another spec.
-        Fields added later (``dry_run``, ``training.max_steps``) count only when set: specs (and
-        checkpoints) from before them keep their digest. ``monitor.never_robust_margin`` only reads the
+        Fields added later (``dry_run``, ``training.max_steps``, ``training.deterministic``) count only when
+        set: specs (and checkpoints) from before them keep their digest. ``monitor.never_robust_margin`` only reads the
         stored checks, so a resume may change it."""
         unset: dict[str, Any] = {}
         if not self.dry_run:
             unset["dry_run"] = True
-        if self.training.max_steps is None:
-            unset["training"] = {"max_steps"}
+        unset["training"] = {name for name, default in (("max_steps", None), ("deterministic", False))
+                             if getattr(self.training, name) == default}
         unset["monitor"] = {"never_robust_margin"}  # reads the stored checks, trains nothing: never counted
         blob = json.dumps(self.resolved().model_dump(mode="json", exclude=unset), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()

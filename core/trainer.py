@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
 import platform
 import time
 from collections.abc import Callable, Iterator
@@ -221,10 +222,13 @@ class _Run:
         self.spec, self.out, self.device, self.callbacks, self.aside = spec, out, device, callbacks, aside
         t = self.t = spec.training
         out.mkdir(parents=True, exist_ok=True)
-        if device.type == "cpu":
-            torch.use_deterministic_algorithms(True, warn_only=True)  # same numbers every run on a CPU
-        else:
-            torch.backends.cudnn.benchmark = True
+        # a process-wide switch, so set either way: a worker's next job must not inherit it
+        torch.use_deterministic_algorithms(device.type == "cpu" or t.deterministic, warn_only=True)
+        if device.type == "cuda":  # autotuning picks kernels by timing: fast, but not the same ones each run
+            if t.deterministic:  # read when cuBLAS starts; without it cuBLAS matrix products may vary
+                os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.backends.cudnn.benchmark = not t.deterministic
+            torch.backends.cudnn.deterministic = t.deterministic
         self.data = load_dataset(spec.dataset, data_root, spec.seed).to(device)
         self.transform = input_transform(spec, self.data, device)
         torch.manual_seed(spec.seed)

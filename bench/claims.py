@@ -1,0 +1,134 @@
+"""The paper's claims at CPU scale, each against a control that can collapse (issue 22).
+
+    python bench/claims.py run   GROUP [--seeds 0 1 2] [--jobs 2] [--device cpu] [--data-root ../shared/data]
+                                 [--eps 10 12] [--betas 0 4 8]      # the points of the 'arms' group
+    python bench/claims.py table GROUP [--runs runs/claims]
+
+Groups (every run: the shared CIFAR-10 JPEG images, PreActResNet18 width 16 with the paper's block, batch 128,
+the paper's cyclic schedule, fp32 monitor and evaluation, a monitor check of 500 held-out test images at
+every check as well as the 512 training images, final PGD-50-10 on 500 class-stratified test images):
+
+- map: FGSM on 10,000 class-stratified images, 10 epochs, eps in {8..12} x beta in {0, 2, 4, 8} (0 = plain),
+  with the curvature probe every epoch (B7). Defines eps*_beta, the smallest eps where >= 2 of 3 seeds collapse.
+- b2full: beta 4 and plain at eps 6 on all 50,000 images, 15 epochs (5,865 steps), fp32 and bf16 training.
+- arms: at each (beta, eps) of --betas x --eps: N-FGSM, GradAlign (lambda 0.2) and PGD-10 against FGSM (B3,
+  B6), and at each eps orthogonal injection (beta 4) and the DCT low-pass (b = 16) with FGSM and PGD-10 (B8).
+
+Runs land in runs/claims/<name> (CLAIMS_OUT overrides); a finished run is skipped and a checkpointed one
+resumed, so the command can be stopped and started again. `table` prints the markdown of docs/science.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import os
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from common import ROOT, merged, train_into
+
+OUT = Path(os.environ.get("CLAIMS_OUT", ROOT / "runs" / "claims"))
+MAP_EPS, MAP_BETAS = (12, 11, 10, 9, 8), (0, 4, 8, 2)  # the likely collapse region first; beta 2 last
+
+BASE = {
+    "dataset": {"name": "imagefolder", "path": "cifar10-jpeg", "train_subset": 10_000, "test_subset": 1000},
+    "model": {"arch": "preact_resnet18", "width": 16},
+    "training": {"method": "fgsm", "batch_size": 128, "epochs": 10},
+    "evaluation": {"pgd_steps": 50, "restarts": 10, "test_subset": 500},
+    "monitor": {"test_images": 500},  # the held-out evidence of issue 21, at every check
+}
+
+
+def intervention(beta: float) -> dict:
+    return {"kind": "inject", "beta": beta} if beta else {"kind": "none"}
+
+
+def map_runs(seeds: list[int], **_: object) -> Iterator[tuple[str, dict]]:
+    for betas in (MAP_BETAS[:-1], MAP_BETAS[-1:]):  # beta 2 (claim B5) last
+        for eps in MAP_EPS:
+            for beta in betas:
+                for seed in seeds:
+                    yield f"map-beta{beta}-eps{eps}-seed{seed}", merged(BASE, {
+                        "seed": seed, "intervention": intervention(beta), "training": {"epsilon": eps},
+                        "monitor": {"curvature_every_epochs": 1}})
+
+
+def b2full_runs(seeds: list[int], **_: object) -> Iterator[tuple[str, dict]]:
+    for precision in ("fp32", "bf16"):
+        for seed in seeds:
+            for beta in (4, 0):
+                yield f"b2full-beta{beta}-eps6-{precision}-seed{seed}", merged(BASE, {
+                    "seed": seed, "intervention": intervention(beta),
+                    "dataset": {"train_subset": None},
+                    "training": {"epsilon": 6, "epochs": 15, "precision": precision}})
+
+
+ARM_TRAINING = {  # arm: (intervention for a given beta, training overrides)
+    "nfgsm": (intervention, {"method": "n_fgsm"}),
+    "gradalign": (intervention, {"method": "grad_align", "grad_align_lambda": 0.2}),
+    "pgd10": (intervention, {"method": "pgd", "pgd_steps": 10}),
+}
+B8_ARMS = {  # arm: (intervention, training overrides); beta 4 orthogonal, as the paper's script
+    "orth-fgsm": ({"kind": "inject_orthogonal", "beta": 4}, {"method": "fgsm"}),
+    "orth-pgd10": ({"kind": "inject_orthogonal", "beta": 4}, {"method": "pgd", "pgd_steps": 10}),
+    "lowpass-fgsm": ({"kind": "low_pass", "bandwidth": 16}, {"method": "fgsm"}),
+    "lowpass-pgd10": ({"kind": "low_pass", "bandwidth": 16}, {"method": "pgd", "pgd_steps": 10}),
+}
+
+
+def arm_runs(seeds: list[int], eps: list[int], betas: list[int], **_: object) -> Iterator[tuple[str, dict]]:
+    for e in eps:
+        for seed in seeds:
+            for beta in betas:
+                for arm, (make, training) in ARM_TRAINING.items():
+                    yield f"{arm}-beta{beta}-eps{e}-seed{seed}", merged(BASE, {
+                        "seed": seed, "intervention": make(beta), "training": {"epsilon": e, **training}})
+            for arm, (spec_intervention, training) in B8_ARMS.items():
+                yield f"{arm}-eps{e}-seed{seed}", merged(BASE, {
+                    "seed": seed, "intervention": spec_intervention, "training": {"epsilon": e, **training}})
+
+
+SMOKE = {"evaluation": {"test_subset": 20, "pgd_steps": 2, "restarts": 1},
+         "monitor": {"train_images": 20, "test_images": 20, "indicator_images": 20, "curvature_iterations": 2}}
+GROUPS = {"map": map_runs, "b2full": b2full_runs, "arms": arm_runs}
+
+
+def runs_of(args: argparse.Namespace) -> list[tuple[str, dict]]:
+    runs = list(GROUPS[args.group](seeds=args.seeds, eps=args.eps, betas=args.betas))
+    if args.max_steps:  # a smoke run of the machinery, not a measurement
+        runs = [(name, merged(spec, SMOKE | {"training": {"max_steps": args.max_steps}})) for name, spec in runs]
+    return [(name, spec) for name, spec in runs if args.only is None
+            or any(fnmatch.fnmatch(name, pattern) for pattern in args.only)]
+
+
+def run(args: argparse.Namespace) -> None:
+    work = runs_of(args)
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        for line in pool.map(lambda job: train_into(job[1], OUT / job[0], args.data_root, args.device), work):
+            print(line, flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("action", choices=("run", "table"))
+    parser.add_argument("group", choices=tuple(GROUPS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--eps", type=int, nargs="+", default=[10, 12], help="arms: epsilons, /255")
+    parser.add_argument("--betas", type=int, nargs="+", default=[0, 4, 8], help="arms: carrier strengths, /255")
+    parser.add_argument("--only", nargs="+", default=None, help="globs over run names, e.g. 'map-*-eps12-*'")
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--max-steps", type=int, default=None, help="stop each run after N steps (smoke runs)")
+    parser.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data"))
+    args = parser.parse_args()
+    if args.action == "run":
+        run(args)
+    else:
+        from claims_table import print_group
+        print_group(args.group, [OUT / name for name, _ in runs_of(args)])
+
+
+if __name__ == "__main__":
+    main()
