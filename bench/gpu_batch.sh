@@ -57,6 +57,18 @@ if ! timeout 180 "$PY" -m coscope.cli train /tmp/smoke.json --out /tmp/smoke-run
 fi
 log "smoke run ok"
 
+if [[ -n "${ONLY_CLAIMS:-}" ]]; then  # a short lease: one bench/claims.py group alone, e.g. corpus
+  export CLAIMS_OUT=$RUNS/claims
+  "$PY" bench/claims.py run "$ONLY_CLAIMS" --jobs "${MAP_JOBS:-12}" --device "$DEVICE" --data-root "$DATA_ROOT" \
+    $SMOKE >>"$RUNS/logs/$ONLY_CLAIMS.log" 2>&1 &
+  pids=($!)
+  while ((SECONDS < deadline)) && [[ -n "$(jobs -r)" ]]; do sleep 5; done
+  kill "${pids[@]}" 2>/dev/null; pkill -f "coscope.cli train"; sleep 2; pkill -9 -f "coscope.cli train"
+  log "finished: $(find "$RUNS" -name report.json | wc -l) runs with a report"
+  tar -czf "$OUT/runs.tgz" --exclude='*.pt' --exclude='*.png' -C "$(dirname "$RUNS")" "$(basename "$RUNS")"
+  exit 0
+fi
+
 log "throughput (alone on the device)"
 if [[ -z "$SMOKE" ]]; then
   timeout 150 "$PY" bench/run_all.py --data-root "$DATA_ROOT" \

@@ -2,50 +2,62 @@
 
 No torch here: the input is a list of monitor checks (dicts), the output an ``Onset`` or None
 (``detect_onset``) and a ``Verdict`` (``classify``), so the API and the report can re-run the rules on
-stored traces. Each history row is one check, in order, with
-at least ``step``, ``epoch``, ``clean_accuracy``, ``fgsm_accuracy`` and ``pgd_accuracy`` (fractions in
-[0, 1], measured in eval mode on the fixed monitor set; extra keys are kept and ignored).
+stored traces. Each history row is one check, in order, with at least ``step``, ``epoch``,
+``clean_accuracy``, ``fgsm_accuracy`` and ``pgd_accuracy`` (fractions in [0, 1], measured in eval mode on
+the fixed monitor set of training images; extra keys are kept and ignored, except the held-out
+``test_clean_accuracy``, ``test_fgsm_accuracy`` and ``test_pgd_accuracy``, which ``held_out_rows`` reads).
 
-Notation: at check t, pgd(t), fgsm(t), clean(t) are the accuracies, gap(t) = fgsm(t) - pgd(t), and
-peak(t) = max_{s<t} pgd(s), the running maximum over the checks strictly *before* t. A rule needs at
-least one earlier check, so the first check (t = 0) never fires.
+Notation: at check t, pgd(t), fgsm(t), clean(t) are the accuracies and peak(t) = max_{s<t} pgd(s), the
+running maximum over the checks strictly *before* t.
 
-- R1 ``wong_drop`` (Wong, Rice, Kolter 2020, ``fast_adversarial`` train_fgsm.py early stop):
-  pgd(t) - pgd(t-1) < -wong_drop. Level: pgd(t-1) - wong_drop.
-- R2 ``drop_from_max`` (GradAlign's best-train-subset-PGD tracking, Andriushchenko & Flammarion 2020,
-  made explicit; co-detection.md §2.2 b, e and §2.3): pgd(t) < peak(t) - max_drop and gap(t) > min_gap.
-  Level: peak(t) - max_drop.
-- R3 ``relative_collapse`` (paper-notes §5 "below a fraction of its running maximum while FGSM rises";
-  FGSM accuracy above clean accuracy is Kim et al. 2021's CO signature): peak(t) >= min_peak and
-  pgd(t) < relative_fraction * peak(t) and (fgsm(t) > clean(t) or gap(t) > min_gap), the second form
-  being the FGSM-PGD gap signature (co-detection.md §2.2 e). Level: relative_fraction * peak(t).
-  R3 catches CO in runs whose PGD accuracy never got high enough for a 20 pp drop; ``min_peak``
-  keeps it from firing on noise around 0.
+**The CO signature** (every rule needs it; Wong et al. 2020, Kim et al. 2021, co-detection.md §2.2): the
+single-step attack the run trains against fails where the multi-step one succeeds,
+signature(t) = fgsm(t) - pgd(t) >= signature_gap and pgd(t) < signature_ratio * fgsm(t).
+A healthy adversarially trained network keeps PGD-10 accuracy near FGSM accuracy (0.7-0.9 of it); after CO
+FGSM accuracy is high (often above clean) and PGD accuracy near zero. Without the signature nothing fires:
+clean, FGSM and PGD accuracy falling together is an optimisation failure (divergence), not CO.
 
-The onset is the first check t at which a rule fires (tried in the order R1, R2, R3). With ``confirm``
-(co-detection.md §2.3: "confirm at the next evaluation ... to reject noise") a firing rule is accepted
-only if the next check's PGD accuracy is still strictly below that rule's level computed at t:
-pgd(t+1) < level. Otherwise the next rule is tried, then scanning goes on at t+1. A rule that fires at
-the **last** check has no next check, so with ``confirm`` it is not (yet) an onset and ``detect_onset``
-returns None; online, the trainer simply sees the onset one check later. ``pending_onset`` reports such
-an unconfirmed firing at the last check.
+The rules, tried in this order at every check (all need the signature at t):
+- R1 ``wong_drop`` (Wong, Rice, Kolter 2020, early stop): pgd(t) < pgd(t-1) - wong_drop.
+  Level: pgd(t-1) - wong_drop.
+- R2 ``drop_from_max`` (GradAlign's best-PGD tracking, co-detection.md §2.2 b, e): pgd(t) < peak(t) -
+  max_drop. Level: peak(t) - max_drop.
+- R3 ``relative_collapse`` (paper-notes §5): peak(t) >= min_peak and pgd(t) < relative_fraction * peak(t).
+  Level: relative_fraction * peak(t). Catches collapses from modest peaks (the CPU-scale regime).
+- R4 ``masking``: the signature alone, also at the first check: FGSM robust, PGD not, with no robust phase
+  to fall from (a run masked from the start) or a slide too slow for R1-R3. Level: signature_ratio * fgsm(t).
+R1-R3 need an earlier check; R4 does not.
+
+**Online** (``detect_onset``, what the trainer acts on with ``co_policy``): with ``confirm``
+(co-detection.md §2.3: "confirm at the next evaluation ... to reject noise") a firing at t is accepted only
+if the next check still shows the signature and a PGD accuracy strictly below the rule's level:
+signature(t+1) and pgd(t+1) < level(t). Otherwise the next rule is tried, then scanning goes on at t+1.
+
+**The verdict** (``final_collapse``) judges the whole run afterwards: the collapse the run *ended in* is the
+last stretch of consecutive checks that all show the signature and reach the last check; its onset is where
+that stretch starts, named by the first rule that fires there. A stretch the run recovered from is a
+transient (``transient_collapses``, mentioned in the sentence), not CO: without this, noise around the
+signature's edge early in training at a large epsilon moved onsets by several checks (docs/science.md). A
+stretch of two or more checks is confirmed (``confirmed_by`` "next_check"). A stretch of the last check alone
+is pending: the trainer then measures the same, last weights once more on the same images with fresh attack
+noise (a row with the same step, ``repeat: true``), and that like-for-like repeat confirms it
+(``confirmed_by`` "repeat_check") or ends the stretch.
 
 The run's verdict (``classify``) is one of four codes, decided in this order (the first that holds wins):
 
-1. ``never_robust``: the monitor PGD accuracy never rose above what a constant classifier scores on the
-   monitor set, max_t pgd(t) <= chance_level + never_robust_margin, where chance_level is the largest
-   class share of the monitor set (``chance_level``). Such a run had no robustness to lose; a rule firing
-   on its noise around chance (R3 can: 8 % -> 3 % with a wide FGSM-PGD gap) is overruled and kept in the
-   verdict only as information.
-2. ``co``: a confirmed onset (``confirmed_by`` "next_check"; with ``confirm`` off every firing counts and
-   ``confirmed_by`` is None), or a firing at the last check that the final evaluation confirms: its PGD
-   robust accuracy (test images, the final attack) is strictly below the rule's level
-   (``confirmed_by`` "final_evaluation"). The final evaluation measures the same, last, weights as the
-   last check, on other images with a stronger attack, so it is the independent second measurement that
-   the next check would have been.
-3. ``suspected``: a firing at the last check that nothing confirms (no final evaluation given, or its
-   robust accuracy is not below the rule's level). Never silence.
-4. ``no_co``: no rule fired (or every firing was rejected by its next check).
+1. ``co``: the run ended in a confirmed collapse (with ``confirm`` off a stretch of one check counts and
+   ``confirmed_by`` is None). A run masked from the start (R4 from its first check) is ``co``, however low
+   its PGD peak: FGSM much more accurate than PGD is the CO signature itself.
+2. ``suspected``: the signature at the last check alone, with no repeat to confirm it. Never silence.
+3. ``never_robust``: no collapse, and the monitor PGD accuracy never rose above what a constant classifier
+   scores on the monitor set: max_t pgd(t) <= chance_level + never_robust_margin (``chance_level`` is the
+   largest class share of the monitor set). Such a run had no robustness to lose.
+4. ``no_co``: the run did not end collapsed (it may have recovered from a transient).
+
+**Evidence.** The verdict rests on the monitor's training images. When the monitor also checked held-out
+test images (``monitor.test_images``), the same rules run on that curve (``Verdict.held_out``) and the
+verdict sentence says whether the two agree; bench/verdict_corpus.py measures the rules against the
+held-out ground truth of docs/science.md.
 """
 
 from __future__ import annotations
@@ -56,8 +68,10 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any, Protocol
 
 REQUIRED_KEYS = ("step", "epoch", "clean_accuracy", "fgsm_accuracy", "pgd_accuracy")
-RULES = ("wong_drop", "drop_from_max", "relative_collapse")
+RULES = ("wong_drop", "drop_from_max", "relative_collapse", "masking")
 VERDICTS = ("co", "no_co", "never_robust", "suspected")
+HELD_OUT_KEYS = {"clean_accuracy": "test_clean_accuracy", "fgsm_accuracy": "test_fgsm_accuracy",
+                 "pgd_accuracy": "test_pgd_accuracy"}
 
 
 class OnsetThresholds(Protocol):
@@ -65,7 +79,8 @@ class OnsetThresholds(Protocol):
 
     wong_drop: float
     max_drop: float
-    min_gap: float
+    signature_gap: float
+    signature_ratio: float
     relative_fraction: float
     min_peak: float
     confirm: bool
@@ -77,11 +92,11 @@ class Onset:
 
     onset_step: int
     onset_epoch: Any  # whatever the history row holds (int epoch, or a float epoch position)
-    confirmed_step: int | None  # the next check's step; None when confirmation is off
+    confirmed_step: int | None  # the confirming check's step; None when confirmation is off or pending
     rule: dict[str, Any]  # {"name": ..., the thresholds used, "level": PGD level that fired}
-    before: dict[str, Any]  # the check preceding the onset
+    before: dict[str, Any] | None  # the check preceding the onset (None at the first check)
     after: dict[str, Any]  # the confirming check, or the onset check itself when not confirmed by a check
-    confirmed_by: str | None = None  # "next_check", "final_evaluation"; None: not confirmed, or confirm off
+    confirmed_by: str | None = None  # "next_check", "repeat_check"; None: not confirmed, or confirm off
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -98,7 +113,7 @@ class Verdict:
     """A run's CO verdict (module docstring): the code, the firing behind it, and the numbers it rests on."""
 
     code: str  # one of VERDICTS
-    onset: Onset | None  # co: the onset; suspected: the last-check firing; never_robust: an overruled firing
+    onset: Onset | None  # co: the onset; suspected: the last-check firing
     peak: dict[str, Any]  # the check with the highest PGD accuracy (the first of ties)
     first: dict[str, Any]  # the first and last checks, for the sentence
     last: dict[str, Any]
@@ -106,6 +121,8 @@ class Verdict:
     chance_level: float  # the largest class share of the monitor set: a constant classifier's accuracy
     never_robust_level: float  # chance_level + never_robust_margin
     final_robust_accuracy: float | None  # the final evaluation's PGD robust accuracy, when given
+    held_out: Verdict | None = None  # the same rules on the held-out test checks, when the monitor made them
+    transients: tuple[tuple[int, int], ...] = ()  # (first, last step) of signature stretches that went away
 
 
 def _validate(history: Sequence[Mapping[str, Any]]) -> None:
@@ -125,26 +142,32 @@ def _validate(history: Sequence[Mapping[str, Any]]) -> None:
         previous_step = row["step"]
 
 
+def signature(row: Mapping[str, Any], m: OnsetThresholds) -> bool:
+    """The CO signature at one check: FGSM accuracy at least ``signature_gap`` above PGD accuracy, and PGD accuracy
+    at most ``signature_ratio`` times FGSM accuracy (module docstring)."""
+    fgsm, pgd = row["fgsm_accuracy"], row["pgd_accuracy"]
+    return fgsm - pgd >= m.signature_gap - 1e-9 and pgd < m.signature_ratio * fgsm  # 1e-9: 0.15 - 0.05 < 0.1 in floats
+
+
 def _firing_rules(history: Sequence[Mapping[str, Any]], t: int, peak: float,
                   m: OnsetThresholds) -> list[dict[str, Any]]:
-    """The rules that fire at check t (t >= 1), each with its thresholds and PGD level, in R1-R3 order."""
-    row, prev = history[t], history[t - 1]
-    pgd, fgsm, clean = row["pgd_accuracy"], row["fgsm_accuracy"], row["clean_accuracy"]
+    """The rules that fire at check t, each with its thresholds and PGD level, in R1-R4 order."""
+    row = history[t]
+    if not signature(row, m):
+        return []
+    pgd, signature_fields = row["pgd_accuracy"], {"signature_gap": m.signature_gap, "signature_ratio": m.signature_ratio}
     fired = []
-    if pgd - prev["pgd_accuracy"] < -m.wong_drop:
+    if t > 0 and pgd < history[t - 1]["pgd_accuracy"] - m.wong_drop:
         fired.append({"name": "wong_drop", "wong_drop": m.wong_drop,
-                      "level": prev["pgd_accuracy"] - m.wong_drop})
-    if pgd < peak - m.max_drop and fgsm - pgd > m.min_gap:
-        fired.append({"name": "drop_from_max", "max_drop": m.max_drop, "min_gap": m.min_gap,
-                      "running_max": peak, "level": peak - m.max_drop})
-    # the CO signature: FGSM accuracy above clean accuracy, or FGSM nearly harmless while PGD breaks almost
-    # everything (a seed-2 CPU run collapsed to 0.2 % PGD with FGSM at 96 % of clean, never above it)
-    signature = fgsm > clean or fgsm - pgd > m.min_gap
-    if peak >= m.min_peak and pgd < m.relative_fraction * peak and signature:
+                      "level": history[t - 1]["pgd_accuracy"] - m.wong_drop})
+    if t > 0 and pgd < peak - m.max_drop:
+        fired.append({"name": "drop_from_max", "max_drop": m.max_drop, "running_max": peak,
+                      "level": peak - m.max_drop})
+    if t > 0 and peak >= m.min_peak and pgd < m.relative_fraction * peak:
         fired.append({"name": "relative_collapse", "relative_fraction": m.relative_fraction,
-                      "min_peak": m.min_peak, "min_gap": m.min_gap, "running_max": peak,
-                      "level": m.relative_fraction * peak})
-    return fired
+                      "min_peak": m.min_peak, "running_max": peak, "level": m.relative_fraction * peak})
+    fired.append({"name": "masking", "level": m.signature_ratio * row["fgsm_accuracy"]})
+    return [{**rule, **signature_fields} for rule in fired]
 
 
 def detect_onset(history: Sequence[Mapping[str, Any]], monitor: OnsetThresholds) -> Onset | None:
@@ -158,37 +181,70 @@ def detect_onset(history: Sequence[Mapping[str, Any]], monitor: OnsetThresholds)
     for t in range(len(history)):
         if t > 0:
             peak = max(peak, history[t - 1]["pgd_accuracy"])
-            for rule in _firing_rules(history, t, peak, monitor):
-                onset = _accept(history, t, rule, monitor.confirm)
-                if onset is not None:
-                    return onset
+        for rule in _firing_rules(history, t, peak, monitor):
+            onset = _accept(history, t, rule, monitor)
+            if onset is not None:
+                return onset
     return None
 
 
 def _accept(history: Sequence[Mapping[str, Any]], t: int, rule: dict[str, Any],
-            confirm: bool) -> Onset | None:
-    row = history[t]
-    if not confirm:
-        return Onset(row["step"], row["epoch"], None, rule, dict(history[t - 1]), dict(row))
-    if t + 1 >= len(history) or not history[t + 1]["pgd_accuracy"] < rule["level"]:
+            monitor: OnsetThresholds | None) -> Onset | None:
+    """The onset of ``rule`` firing at t, if the next check confirms it (``monitor`` None or ``confirm`` off:
+    unconfirmed, accepted as it is)."""
+    row, before = history[t], dict(history[t - 1]) if t > 0 else None
+    if monitor is None or not monitor.confirm:
+        return Onset(row["step"], row["epoch"], None, rule, before, dict(row))
+    if t + 1 >= len(history):
         return None
     nxt = history[t + 1]
-    return Onset(row["step"], row["epoch"], nxt["step"], rule, dict(history[t - 1]), dict(nxt), "next_check")
+    if not (nxt["pgd_accuracy"] < rule["level"] and signature(nxt, monitor)):
+        return None
+    how = "repeat_check" if nxt["step"] == row["step"] else "next_check"
+    return Onset(row["step"], row["epoch"], nxt["step"], rule, before, dict(nxt), how)
+
+
+def final_collapse(history: Sequence[Mapping[str, Any]], monitor: OnsetThresholds) -> Onset | None:
+    """The collapse the run ended in: the start of the last stretch of checks that all show the signature and
+    reach the end of the history, or None when the last check lacks it (module docstring, the verdict).
+
+    Confirmed (``confirmed_by`` "next_check" or "repeat_check") when the stretch holds a second check; a
+    stretch of the last check alone is returned unconfirmed (``confirmed_step`` None), unless ``confirm`` is
+    off. The rule is the first of R1-R4 that fires where the stretch starts.
+    """
+    _validate(history)
+    start = len(history)
+    while start > 0 and signature(history[start - 1], monitor):
+        start -= 1
+    if start == len(history):
+        return None
+    peak = max((row["pgd_accuracy"] for row in history[:start]), default=-math.inf)
+    rule = _firing_rules(history, start, peak, monitor)[0]
+    onset = _accept(history, start, rule, None)
+    if start + 1 < len(history) and monitor.confirm:
+        nxt = history[start + 1]
+        how = "repeat_check" if nxt["step"] == history[start]["step"] else "next_check"
+        onset = replace(onset, confirmed_step=nxt["step"], after=dict(nxt), confirmed_by=how)
+    return onset
+
+
+def transient_collapses(history: Sequence[Mapping[str, Any]], monitor: OnsetThresholds) -> list[tuple[int, int]]:
+    """(first step, last step) of each earlier stretch of signature checks that the run recovered from."""
+    stretches, start = [], None
+    for index, row in enumerate(history):
+        if signature(row, monitor):
+            start = index if start is None else start
+        elif start is not None:
+            stretches.append((history[start]["step"], history[index - 1]["step"]))
+            start = None
+    return stretches
 
 
 def pending_onset(history: Sequence[Mapping[str, Any]], monitor: OnsetThresholds) -> Onset | None:
-    """A rule firing at the last check that still awaits confirmation (only meaningful with ``confirm``).
-
-    Returns it as an unconfirmed ``Onset`` (``confirmed_step`` None, ``after`` the last row), provided no
-    confirmed onset exists earlier; otherwise None.
-    """
-    _validate(history)
-    if len(history) < 2 or not monitor.confirm or detect_onset(history, monitor) is not None:
-        return None
-    t = len(history) - 1
-    peak = max(row["pgd_accuracy"] for row in history[:t])
-    fired = _firing_rules(history, t, peak, monitor)
-    return _accept(history, t, fired[0], confirm=False) if fired else None
+    """A collapse seen at the last check alone, still awaiting confirmation (only meaningful with ``confirm``):
+    the trainer then repeats that check (module docstring). None otherwise."""
+    onset = final_collapse(history, monitor)
+    return onset if onset is not None and monitor.confirm and onset.confirmed_step is None else None
 
 
 def chance_level(class_counts: Sequence[int] | None = None, num_classes: int | None = None) -> float:
@@ -201,33 +257,39 @@ def chance_level(class_counts: Sequence[int] | None = None, num_classes: int | N
     raise ValueError("the chance level needs the monitor set's class counts or the number of classes")
 
 
+def held_out_rows(history: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The monitor's held-out test checks as plain check rows (empty when it made none)."""
+    return [{"step": row["step"], "epoch": row["epoch"], "repeat": row.get("repeat", False),
+             **{key: row[test_key] for key, test_key in HELD_OUT_KEYS.items()}}
+            for row in history if all(key in row for key in HELD_OUT_KEYS.values())]
+
+
 def classify(history: Sequence[Mapping[str, Any]], monitor: VerdictSettings, *, chance_level: float,
-             final_robust_accuracy: float | None = None) -> Verdict:
+             final_robust_accuracy: float | None = None, held_out_chance_level: float | None = None) -> Verdict:
     """The run's verdict over its monitor checks (module docstring: codes and precedence).
 
     ``chance_level`` is the largest class share of the monitor set (``chance_level()``);
-    ``final_robust_accuracy`` the final evaluation's PGD accuracy of the *last* weights (leave it None when
-    the final evaluation measured other weights, e.g. after a ``stop``). Raises ValueError on an empty or
-    invalid history.
+    ``final_robust_accuracy`` the final evaluation's PGD accuracy of the *last* weights, for the sentence
+    (leave it None when the final evaluation measured other weights, e.g. after a ``stop``). The held-out
+    test checks, when the rows carry them, are judged too (``Verdict.held_out``), against
+    ``held_out_chance_level`` (default: ``chance_level``). Raises ValueError on an empty or invalid history.
     """
     _validate(history)
     if not history:
         raise ValueError("no monitor checks to classify")
-    onset = detect_onset(history, monitor)
-    pending = pending_onset(history, monitor) if onset is None else None
-    if (pending is not None and final_robust_accuracy is not None
-            and final_robust_accuracy < pending.rule["level"]):
-        onset, pending = replace(pending, confirmed_by="final_evaluation"), None
+    onset = final_collapse(history, monitor)
     peak = max(history, key=lambda row: row["pgd_accuracy"])
     level = chance_level + monitor.never_robust_margin
-    if peak["pgd_accuracy"] <= level:
-        code = "never_robust"
-    elif onset is not None:
-        code = "co"
+    if onset is not None:
+        code = "suspected" if monitor.confirm and onset.confirmed_step is None else "co"
     else:
-        code = "suspected" if pending is not None else "no_co"
-    return Verdict(code, onset or pending, dict(peak), dict(history[0]), dict(history[-1]), len(history),
-                   chance_level, level, final_robust_accuracy)
+        code = "never_robust" if peak["pgd_accuracy"] <= level else "no_co"
+    held_out = None
+    if (test_rows := held_out_rows(history)) and len(test_rows) == len(history):
+        held_out = classify(test_rows, monitor, chance_level=held_out_chance_level or chance_level)
+    return Verdict(code, onset, dict(peak), dict(history[0]), dict(history[-1]), len(history),
+                   chance_level, level, final_robust_accuracy, held_out,
+                   tuple(transient_collapses(history, monitor)))
 
 
 def percent(value: float | None) -> str:
@@ -244,65 +306,101 @@ def _pp(value: float) -> str:
     return f"{100.0 * value:.3g} pp"
 
 
+def _signature_text(row: Mapping[str, Any]) -> str:
+    fgsm, pgd, clean = row["fgsm_accuracy"], row["pgd_accuracy"], row["clean_accuracy"]
+    above = f", above clean accuracy {percent(clean)}," if fgsm > clean else ""
+    return f"FGSM accuracy {percent(fgsm)}{above} against PGD accuracy {percent(pgd)}"
+
+
 def _what_fired(onset: Onset, row: Mapping[str, Any]) -> str:
     """What the rule saw at the onset check ``row``, with its numbers; true for every rule."""
-    rule = onset.rule
-    pgd, fgsm, clean = row["pgd_accuracy"], row["fgsm_accuracy"], row["clean_accuracy"]
-    if rule["name"] == "wong_drop":  # fires only on a drop, so "fell from" is always true here
-        return (f"monitor PGD accuracy fell from {percent(onset.before['pgd_accuracy'])} at step "
+    rule, pgd = onset.rule, row["pgd_accuracy"]
+    if rule["name"] == "wong_drop" and onset.before is not None:
+        fell = (f"monitor PGD accuracy fell from {percent(onset.before['pgd_accuracy'])} at step "
                 f"{onset.before['step']} to {percent(pgd)}, more than {_pp(rule['wong_drop'])} in one check")
-    gap = f"FGSM accuracy {percent(fgsm)} more than {_pp(rule['min_gap'])} above it"
-    if rule["name"] == "drop_from_max":
-        return (f"monitor PGD accuracy {percent(pgd)} is more than {_pp(rule['max_drop'])} below its running "
-                f"maximum {percent(rule['running_max'])}, with {gap}")
-    signature = f"FGSM accuracy {percent(fgsm)} above clean accuracy {percent(clean)}" if fgsm > clean else gap
-    return (f"monitor PGD accuracy {percent(pgd)} is below {rule['relative_fraction']:g} times its running "
-            f"maximum {percent(rule['running_max'])} (the {percent(rule['level'])} level), with {signature}")
+    elif rule["name"] == "drop_from_max":
+        fell = (f"monitor PGD accuracy {percent(pgd)} is more than {_pp(rule['max_drop'])} below its running "
+                f"maximum {percent(rule['running_max'])}")
+    elif rule["name"] == "relative_collapse":
+        fell = (f"monitor PGD accuracy {percent(pgd)} is below {rule['relative_fraction']:g} times its running "
+                f"maximum {percent(rule['running_max'])} (the {percent(rule['level'])} level)")
+    else:
+        fell = "FGSM accuracy stands far above PGD accuracy without a fall from a robust phase"
+    return (f"{fell}, with the CO signature ({_signature_text(row)}: PGD below "
+            f"{rule['signature_ratio']:g} times FGSM and {_pp(rule['signature_gap'])} or more below it)")
 
 
 def _onset_row(onset: Onset, history: Sequence[Mapping[str, Any]]) -> Mapping[str, Any]:
     return next((row for row in history if row["step"] == onset.onset_step), onset.after)
 
 
-def _confirmation(verdict: Verdict) -> str:
-    o = verdict.onset
-    assert o is not None
-    level = percent(o.rule["level"])
-    if o.confirmed_by == "next_check":
-        return (f"; confirmed at step {o.confirmed_step}, where PGD accuracy was still below the {level} "
-                f"level (PGD {percent(o.after['pgd_accuracy'])}, FGSM {percent(o.after['fgsm_accuracy'])}, "
-                f"clean {percent(o.after['clean_accuracy'])}).")
-    if o.confirmed_by == "final_evaluation":
-        return (f"; confirmed by the final evaluation of the same (last) weights: PGD robust accuracy "
-                f"{percent(verdict.final_robust_accuracy or 0.0)} on test images, below the {level} level.")
+def _confirmation(onset: Onset) -> str:
+    level = percent(onset.rule["level"])
+    after = (f"(PGD {percent(onset.after['pgd_accuracy'])}, FGSM {percent(onset.after['fgsm_accuracy'])}, "
+             f"clean {percent(onset.after['clean_accuracy'])})")
+    if onset.confirmed_by == "next_check":
+        return (f"; confirmed at step {onset.confirmed_step}, where PGD accuracy was still below the {level} "
+                f"level with the signature {after}.")
+    if onset.confirmed_by == "repeat_check":
+        return (f"; confirmed by a repeat of that last check on the same images and weights with fresh attack "
+                f"noise {after}, still below the {level} level with the signature.")
     return " (unconfirmed: monitor.confirm is off)."
 
 
+def _diverged(history: Sequence[Mapping[str, Any]]) -> str:
+    """A sentence when clean accuracy fell far below its peak (an optimisation failure, not CO), else ''."""
+    best = max(history, key=lambda row: row["clean_accuracy"])
+    last = history[-1]
+    if last["clean_accuracy"] >= 0.6 * best["clean_accuracy"] or best["clean_accuracy"] - last["clean_accuracy"] < 0.1:
+        return ""
+    return (f" Clean accuracy fell from {percent(best['clean_accuracy'])} (step {best['step']}) to "
+            f"{percent(last['clean_accuracy'])} with FGSM and PGD accuracy alongside: the optimisation failed "
+            "(divergence), which is not catastrophic overfitting.")
+
+
+def _held_out_text(verdict: Verdict) -> str:
+    held = verdict.held_out
+    if held is None:
+        return " Evidence: the monitor's training images only (monitor.test_images is 0)."
+    found = (f"CO from step {held.onset.onset_step}" if held.code == "co" and held.onset else
+             {"no_co": "no collapse", "never_robust": "never robust", "suspected": "a collapse suspected at the "
+              "last check", "co": "CO"}[held.code])
+    agrees = held.code == verdict.code and (held.code != "co" or held.onset.onset_step == verdict.onset.onset_step)
+    return (f" Evidence: the monitor's training images; the held-out check on test images "
+            f"{'agrees' if agrees else 'differs'} ({found}, held-out PGD accuracy peak "
+            f"{percent(held.peak['pgd_accuracy'])}).")
+
+
 def verdict_text(verdict: Verdict, history: Sequence[Mapping[str, Any]]) -> str:
-    """One or two sentences for a run summary: the verdict and the numbers it rests on."""
+    """One to three sentences for a run summary: the verdict, the numbers and the evidence it rests on."""
     o, peak, first, last = verdict.onset, verdict.peak, verdict.first, verdict.last
     checks = f"{verdict.checks} monitor check" + ("s" if verdict.checks != 1 else "")
     span = f"{checks} (steps {first['step']}-{last['step']})"
-    if verdict.code == "never_robust":
+    if verdict.code in ("co", "suspected") and o is not None:
+        at = f"step {o.onset_step} (epoch {o.onset_epoch})"
+        fired = _what_fired(o, _onset_row(o, history))
+        if verdict.code == "co":
+            text = (f"Catastrophic overfitting detected at {at} by the {o.rule['name']} rule: {fired}"
+                    + _confirmation(o))
+        else:
+            text = (f"Catastrophic overfitting suspected at {at}, the last monitor check, by the "
+                    f"{o.rule['name']} rule: {fired}; no repeat of that check confirms it.")
+    elif verdict.code == "never_robust":
         text = (f"Never robust, so no catastrophic overfitting to detect: over {span} the monitor PGD "
                 f"accuracy peaked at {percent(peak['pgd_accuracy'])} (step {peak['step']}), not above the "
                 f"{percent(verdict.never_robust_level)} level, which is what a constant classifier scores on "
                 f"the monitor set (its largest class share, {percent(verdict.chance_level)}) plus a "
-                f"{_pp(verdict.never_robust_level - verdict.chance_level)} margin.")
-        if o is not None:
-            text += (f" The {o.rule['name']} rule fired at step {o.onset_step} on accuracies that never left "
-                     "chance level; that is not counted as a collapse.")
-        return text
-    if o is not None and verdict.code in ("co", "suspected"):
-        at = f"step {o.onset_step} (epoch {o.onset_epoch})"
-        fired = _what_fired(o, _onset_row(o, history))
-        if verdict.code == "co":
-            return f"Catastrophic overfitting detected at {at} by the {o.rule['name']} rule: {fired}" + \
-                _confirmation(verdict)
-        final = ("no final evaluation was given" if verdict.final_robust_accuracy is None else
-                 f"the final evaluation's PGD robust accuracy, {percent(verdict.final_robust_accuracy)}, is not "
-                 f"below the {percent(o.rule['level'])} level")
-        return (f"Catastrophic overfitting suspected at {at}, the last monitor check, by the "
-                f"{o.rule['name']} rule: {fired}; no later check can confirm it, and {final}.")
-    return (f"No catastrophic overfitting detected over {span}: PGD accuracy peaked at "
-            f"{percent(peak['pgd_accuracy'])} (step {peak['step']}) and ended at {percent(last['pgd_accuracy'])}.")
+                f"{_pp(verdict.never_robust_level - verdict.chance_level)} margin, and FGSM accuracy never "
+                f"showed the CO signature.")
+    else:
+        text = (f"No catastrophic overfitting detected over {span}: PGD accuracy peaked at "
+                f"{percent(peak['pgd_accuracy'])} (step {peak['step']}) and ended at "
+                f"{percent(last['pgd_accuracy'])}.")
+    if verdict.code in ("no_co", "never_robust"):
+        text += _diverged(history)
+    if transients := verdict.transients:
+        first, last = transients[0]
+        text += (f" The signature also appeared at step{'s' if last != first else ''} "
+                 f"{first}{f'-{last}' if last != first else ''} and went away"
+                 f"{f' ({len(transients)} such stretches)' if len(transients) > 1 else ''}: not counted as CO.")
+    return text + _held_out_text(verdict)

@@ -27,6 +27,7 @@ from core.probes import carrier_share, linearity_error, top_hessian_eigenvalues
 from core.spec import PER_255, JobSpec
 
 CURVATURE_IMAGES = 32  # monitor images used by the (costly) Hessian probe
+REPEAT_SEED = 104_729  # seed offset of a repeated check's attack noise (any value no step reaches would do)
 
 
 class Monitor:
@@ -48,6 +49,7 @@ class Monitor:
         test_index = test_order[:min(self.settings.test_images, len(data.test))]
         self.test_y = data.test.labels[test_index]
         self.test_x = transform(data.test.images[test_index], self.test_y)
+        self.test_class_counts = class_counts(self.test_y, data.num_classes)
         self.injected = spec.intervention.injects
         self.class_carriers = carriers(data.num_classes, data.image_shape).to(device)
         self.basis = carrier_basis(self.class_carriers)
@@ -61,10 +63,12 @@ class Monitor:
             self.carrier_x, self.carrier_y = carrier_only_probe(self.epsilon, self.class_carriers)
             self.carrier_y = self.carrier_y.to(device)
 
-    def check(self, model: nn.Module, step: int, epoch: int, curvature: bool = False) -> dict[str, Any]:
-        """One monitor row for the model as it is now (eval mode inside; mode restored after)."""
-        generator = torch.Generator(self.x.device).manual_seed(self.spec.seed * 7919 + step)
-        row: dict[str, Any] = {"kind": "monitor", "step": step, "epoch": epoch}
+    def check(self, model: nn.Module, step: int, epoch: int, curvature: bool = False,
+              repeat: bool = False) -> dict[str, Any]:
+        """One monitor row for the model as it is now (eval mode inside; mode restored after). ``repeat``:
+        the same check again with fresh attack noise (the like-for-like confirmation of a last-check firing)."""
+        generator = torch.Generator(self.x.device).manual_seed(self.spec.seed * 7919 + step + REPEAT_SEED * repeat)
+        row: dict[str, Any] = {"kind": "monitor", "step": step, "epoch": epoch} | ({"repeat": True} if repeat else {})
         with evaluating(model):
             row.update(self._attack_metrics(model, self.x, self.y, generator))
             if len(self.test_y):

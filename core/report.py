@@ -44,11 +44,11 @@ def run_verdict(report: dict[str, Any], monitor: list[dict[str, Any]], spec: Job
     """``core.co.classify`` with what the report knows: the monitor set's class counts (1 / classes in
     reports from before they were stored) and the final PGD accuracy, when it measured the last weights."""
     co, final = report["co"], report.get("final") or {}
-    counts = (co.get("monitor") or {}).get("class_counts")
+    settings, classes = co.get("monitor") or {}, (report.get("data") or {}).get("num_classes")
     last_weights = not co.get("stopped_early")  # after a stop the final evaluation measured the best weights
-    chance = chance_level(counts, (report.get("data") or {}).get("num_classes"))
-    return classify(monitor, spec.monitor, chance_level=chance,
-                    final_robust_accuracy=final.get("robust_accuracy") if last_weights else None)
+    return classify(monitor, spec.monitor, chance_level=chance_level(settings.get("class_counts"), classes),
+                    final_robust_accuracy=final.get("robust_accuracy") if last_weights else None,
+                    held_out_chance_level=chance_level(settings.get("test_class_counts"), classes))
 
 
 def onset_fields(onset: Onset | None) -> dict[str, Any]:
@@ -61,8 +61,12 @@ def onset_fields(onset: Onset | None) -> dict[str, Any]:
 def verdict_fields(verdict: Verdict) -> dict[str, Any]:
     """The verdict part of the report's ``co`` block: the code, the onset behind it, and the chance level.
     ``detected`` is true for "co" only; the onset fields also show a "suspected" or overruled firing."""
+    held = verdict.held_out
     return {**onset_fields(verdict.onset), "detected": verdict.code == "co", "verdict": verdict.code,
-            "chance_level": verdict.chance_level, "never_robust_level": verdict.never_robust_level}
+            "chance_level": verdict.chance_level, "never_robust_level": verdict.never_robust_level,
+            "held_out": None if held is None else {  # the same rules on the monitor's held-out test checks
+                "verdict": held.code, "onset_step": held.onset.onset_step if held.onset else None,
+                "peak_pgd_accuracy": held.peak["pgd_accuracy"]}}
 
 
 def render_run(run_dir: Path) -> str:

@@ -132,6 +132,15 @@ class MonitorSpec(_Section):
     Defaults follow shared/reference/co-detection.md §2.3 (GradAlign cadence and PGD, Wong's 20 pp drop).
     """
 
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_retired_fields(cls, data: Any) -> Any:
+        """``min_gap`` (R2's FGSM-PGD gap before issue 21) is retired: stored specs that carry it still load, and
+        are judged by today's rules (``signature_gap`` took its place with another meaning)."""
+        if isinstance(data, dict) and "min_gap" in data:
+            data = {key: value for key, value in data.items() if key != "min_gap"}
+        return data
+
     enabled: bool = True  # off: no checks, no onset verdict (the benchmark's baseline)
     every_steps: int = Field(200, ge=1, le=10_000_000)  # steps since the last check (epoch ends check too)
     train_images: int = Field(512, ge=1, le=100_000)  # fixed, seeded training subset, no augmentation
@@ -139,12 +148,16 @@ class MonitorSpec(_Section):
     indicator_images: int = Field(128, ge=1, le=100_000)  # images for alignment, linearity, gradient norm
     pgd_steps: int = Field(10, ge=1, le=1000)  # monitor PGD-k, 1 restart
     pgd_step_fraction: float = Field(0.25, gt=0.0, le=2.5)  # monitor PGD step = fraction x epsilon
+    # the CO signature every rule needs (core/co.py): FGSM acc - PGD acc >= signature_gap and PGD acc <
+    # signature_ratio x FGSM acc; healthy adversarial training keeps PGD at 0.7-0.9 of FGSM (docs/science.md)
+    signature_gap: float = Field(0.10, ge=0.0, le=1.0)
+    signature_ratio: float = Field(0.5, ge=0.0, le=1.0)
     wong_drop: float = Field(0.20, gt=0.0, le=1.0)  # R1: PGD acc drop between consecutive checks; 1 = off
     max_drop: float = Field(0.20, gt=0.0, le=1.0)  # R2: PGD acc below running max minus this; 1 = off
-    min_gap: float = Field(0.30, ge=0.0, le=1.0)  # R2: and FGSM acc - PGD acc above this
     relative_fraction: float = Field(0.5, ge=0.0, le=1.0)  # R3: PGD acc below this x running max; 0 = off
     min_peak: float = Field(0.02, ge=0.0, le=1.0)  # R3 applies only once the running max PGD acc >= this
-    confirm: bool = True  # the firing rule's PGD level must still be crossed at the next check
+    confirm: bool = True  # the next check (or a repeat of the last) must still show the signature below the
+    # firing rule's PGD level
     # verdict "never_robust" when the peak PGD acc <= the monitor set's largest class share + this. 0.02 is
     # 1.5 binomial standard errors of an accuracy near 0.1 on 512 images (sqrt(0.1 x 0.9 / 512) = 0.013):
     # a peak within it cannot be told from a constant classifier's score

@@ -27,7 +27,7 @@ from torch import nn
 from core import checkpoint, hostmem
 from core.attacks import gradient_cosine, input_gradient, pgd, single_step, uniform_noise
 from core.autoattack import autoattack_section
-from core.co import Onset, chance_level, classify, detect_onset, monitor_rows
+from core.co import Onset, chance_level, classify, detect_onset, monitor_rows, pending_onset
 from core.data import Dataset, augment, balanced_order, class_counts, epoch_order, load_dataset
 from core.errors import Cancelled, DivergedError, SpecError
 from core.evaluate import (
@@ -370,12 +370,12 @@ class _Run:
         state.epoch, state.batch = state.epoch + 1, 0
         self.save()
 
-    def _check(self, curvature: bool) -> None:
+    def _check(self, curvature: bool, repeat: bool = False) -> None:
         """Run the monitor, keep the best-robust weights, and act on a newly confirmed onset."""
         assert self.monitor is not None
         state, settings = self.state, self.spec.monitor
         with self._timed("monitor_seconds"):
-            row = self._off_the_training_heap(self._monitor_row, curvature)
+            row = self._off_the_training_heap(self._monitor_row, curvature, repeat)
         state.last_check_step = state.step
         self._record(row, "monitor")
         if state.onset is None and row["pgd_accuracy"] > state.best_pgd_accuracy:
@@ -395,10 +395,18 @@ class _Run:
                     state.stopped_early = True
                     self.save()
 
-    def _monitor_row(self, curvature: bool) -> dict[str, Any]:
+    def _monitor_row(self, curvature: bool, repeat: bool) -> dict[str, Any]:
         assert self.monitor is not None
         with full_precision(self.device):  # whatever training.precision
-            return self.monitor.check(self.model, self.state.step, self.state.epoch, curvature)
+            return self.monitor.check(self.model, self.state.step, self.state.epoch, curvature, repeat)
+
+    def _confirm_last_check(self) -> None:
+        """A rule firing at the last check has no next check: measure the same weights once more on the same
+        images (fresh attack noise), so it is confirmed or rejected like-for-like (core/co.py)."""
+        rows = monitor_rows(self.state.history)
+        if (self.monitor is not None and rows and not rows[-1].get("repeat")
+                and pending_onset(rows, self.spec.monitor) is not None):
+            self._check(curvature=False, repeat=True)
 
     def _off_the_training_heap(self, work: Callable[..., Any], *args: Any) -> Any:
         """Run ``work`` on the CPU from another thread, so that its buffers (other shapes than a training
@@ -418,6 +426,8 @@ class _Run:
         self.model.load_state_dict(best["model"])
 
     def _finish(self) -> dict[str, Any]:
+        if not self.state.stopped_early:
+            self._confirm_last_check()
         started = self._clock()
         final = self._off_the_training_heap(self._evaluate)
         co = None
@@ -480,6 +490,7 @@ def co_section(spec: JobSpec, state: TrainState, monitor: Monitor) -> dict[str, 
                             "monitor_pgd_accuracy": state.best_pgd_accuracy if state.best_step is not None
                             else None, "file": BEST_CHECKPOINT},
         "monitor": {"train_indices": monitor.indices, "class_counts": monitor.class_counts,
+                    "test_class_counts": monitor.test_class_counts,
                     "indicator_class_counts": monitor.indicator_class_counts, "every_steps": settings.every_steps,
                     "pgd_steps": settings.pgd_steps, "pgd_step_fraction": settings.pgd_step_fraction,
                     "checks": len(monitor_rows(state.history)), "seconds": state.monitor_seconds},

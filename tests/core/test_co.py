@@ -7,7 +7,7 @@ import random
 import pytest
 from pydantic import ValidationError
 
-from core.co import Onset, chance_level, classify, detect_onset, pending_onset, verdict_text
+from core.co import chance_level, classify, detect_onset, pending_onset, signature, verdict_text
 from core.spec import JobSpec, MonitorSpec
 
 STEP = 200
@@ -35,69 +35,6 @@ def test_flat_history_has_no_onset() -> None:
     assert "No catastrophic overfitting" in verdict_text(verdict(h), h)
 
 
-def test_sudden_drop_fires_wong_at_the_exact_step() -> None:
-    pgd = [0.1, 0.25, 0.35] + [0.40] * 3 + [0.02] * 8  # index 6 = step 1200
-    fgsm = [0.2, 0.35, 0.45] + [0.5] * 3 + [0.8] * 8
-    h = history(pgd, fgsm)
-    assert h[6]["step"] == 1200
-    onset = detect_onset(h, MonitorSpec())
-    assert isinstance(onset, Onset)
-    assert onset.onset_step == 1200
-    assert onset.onset_epoch == 3
-    assert onset.rule["name"] == "wong_drop"
-    assert onset.rule["wong_drop"] == 0.2
-    assert onset.rule["level"] == pytest.approx(0.2)
-    assert onset.confirmed_step == 1400
-    assert onset.before["step"] == 1000 and onset.after["step"] == 1400
-    assert onset.to_dict()["rule"]["name"] == "wong_drop"
-    assert onset.confirmed_by == "next_check"
-    assert verdict(h).code == "co" and verdict(h).onset == onset
-    text = verdict_text(verdict(h), h)
-    assert "step 1200" in text and "wong_drop" in text and "1400" in text
-    assert "fell from 40.0% at step 1000 to 2.0%, more than 20 pp in one check" in text
-
-
-def test_drop_from_max_fires_when_each_step_is_small() -> None:
-    # 0.45 -> 0.30 -> 0.15 -> 0.05: every drop is 15 pp (no Wong), but 0.15 < 0.45 - 0.2 with a big gap.
-    pgd = [0.45, 0.30, 0.15, 0.05, 0.03]
-    h = history(pgd, fgsm=0.6, clean=0.9)  # FGSM below clean: R3 cannot fire
-    onset = detect_onset(h, MonitorSpec())
-    assert onset is not None
-    assert onset.rule["name"] == "drop_from_max"
-    assert onset.onset_step == 2 * STEP
-    assert onset.rule["running_max"] == pytest.approx(0.45)
-    # without a large enough FGSM-PGD gap, R2 stays silent
-    assert detect_onset(history(pgd, fgsm=0.3, clean=0.9), MonitorSpec()) is None
-
-
-def test_slow_decay_with_fgsm_above_clean_is_a_relative_collapse() -> None:
-    pgd = [0.12]
-    while pgd[-1] * 0.9 >= 0.03:
-        pgd.append(pgd[-1] * 0.9)
-    pgd.append(0.03)
-    n = len(pgd)
-    clean = [0.6] * n
-    fgsm = [0.5 + 0.2 * i / (n - 1) for i in range(n)]  # rises from below clean to 0.7 > 0.6
-    h = history(pgd, fgsm, clean)
-    # independent expectation: the first index with pgd < 0.5 * 0.12 (max is the first value) and the CO
-    # signature: fgsm > clean, or an FGSM-PGD gap over 0.30
-    expected = next(i for i in range(n) if pgd[i] < 0.06 and (fgsm[i] > clean[i] or fgsm[i] - pgd[i] > 0.30))
-    onset = detect_onset(h, MonitorSpec())
-    assert onset is not None
-    assert onset.rule["name"] == "relative_collapse"
-    assert onset.onset_step == expected * STEP
-    assert onset.confirmed_step == (expected + 1) * STEP
-    # the same decay with FGSM below clean and close to PGD: no rule fires (every step < 20 pp, gap < 30 pp)
-    assert detect_onset(history(pgd, fgsm=0.3, clean=0.6), MonitorSpec()) is None
-
-
-def test_relative_collapse_ignores_noise_near_zero() -> None:
-    pgd = [0.015, 0.005, 0.0, 0.0, 0.0]
-    h = history(pgd, fgsm=0.9, clean=0.5)
-    assert detect_onset(h, MonitorSpec()) is None  # running max 0.015 < min_peak 0.02
-    assert detect_onset(h, MonitorSpec(min_peak=0.01)) is not None
-
-
 def test_seeded_noise_has_no_onset() -> None:
     rng = random.Random(0)
     pgd = [0.35 + rng.uniform(-0.03, 0.03) for _ in range(60)]
@@ -105,51 +42,6 @@ def test_seeded_noise_has_no_onset() -> None:
     h = history(pgd, fgsm, clean=0.7)
     assert detect_onset(h, MonitorSpec()) is None
     assert detect_onset(h, MonitorSpec(confirm=False)) is None
-
-
-def test_single_dip_that_recovers_needs_no_confirmation_to_fire() -> None:
-    pgd = [0.3, 0.4, 0.4, 0.05, 0.4, 0.41, 0.4]
-    h = history(pgd, fgsm=0.8)
-    assert detect_onset(h, MonitorSpec()) is None
-    onset = detect_onset(h, MonitorSpec(confirm=False))
-    assert onset is not None
-    assert onset.onset_step == 3 * STEP
-    assert onset.confirmed_step is None
-    assert onset.after["step"] == 3 * STEP  # the onset row itself
-    assert onset.confirmed_by is None
-    assert verdict(h, MonitorSpec(confirm=False)).code == "co"
-    assert "unconfirmed" in verdict_text(verdict(h, MonitorSpec(confirm=False)), h)
-
-
-def test_confirmation_uses_the_firing_rules_level() -> None:
-    # dip to 0.15, then 0.25: still below R1's level 0.40-0.2=0.2? no (0.25) -> rejected, scan continues
-    h = history([0.4, 0.4, 0.15, 0.25, 0.02, 0.01], fgsm=0.8)
-    onset = detect_onset(h, MonitorSpec())
-    assert onset is not None and onset.onset_step == 4 * STEP and onset.confirmed_step == 5 * STEP
-    # 0.15 then 0.19: confirmed at the first dip
-    onset = detect_onset(history([0.4, 0.4, 0.15, 0.19, 0.3], fgsm=0.8), MonitorSpec())
-    assert onset is not None and onset.onset_step == 2 * STEP
-
-
-def test_onset_at_the_last_check_is_not_confirmed() -> None:
-    h = history([0.4] * 6 + [0.02], fgsm=0.8)
-    assert detect_onset(h, MonitorSpec()) is None  # no next check to confirm it
-    assert detect_onset(h, MonitorSpec(confirm=False)).onset_step == 6 * STEP
-    pending = pending_onset(h, MonitorSpec())
-    assert pending is not None and pending.onset_step == 6 * STEP and pending.confirmed_step is None
-    assert verdict(h).code == "suspected"
-    assert "last monitor check" in verdict_text(verdict(h), h)
-    # once a next check confirms it, the onset is the same step
-    h2 = h + history([0.4] * 6 + [0.02, 0.01])[-1:]
-    assert detect_onset(h2, MonitorSpec()).onset_step == 6 * STEP
-    assert pending_onset(h2, MonitorSpec()) is None
-
-
-def test_first_check_never_fires_and_short_histories() -> None:
-    assert detect_onset([], MonitorSpec()) is None
-    assert detect_onset(history([0.0]), MonitorSpec(confirm=False)) is None
-    with pytest.raises(ValueError, match="no monitor checks"):
-        classify([], MonitorSpec(), chance_level=CHANCE)
 
 
 def test_invalid_history_raises() -> None:
@@ -181,26 +73,6 @@ def test_monitor_spec_bounds() -> None:
         spec.monitor.confirm = False  # frozen
 
 
-def test_collapse_with_a_wide_gap_but_fgsm_below_clean_is_an_onset():
-    # the CPU seed-2 pattern: robustness never high (peak 8.6 %), PGD falls to ~0 while FGSM stays near
-    # clean accuracy without exceeding it; the FGSM-PGD gap is the signature
-    pgd = [0.066, 0.041, 0.031, 0.061, 0.033, 0.086, 0.064, 0.031, 0.033, 0.025, 0.049, 0.008, 0.010, 0.029, 0.002]
-    fgsm = [0.22, 0.24, 0.22, 0.21, 0.25, 0.33, 0.40, 0.48, 0.46, 0.43, 0.62, 0.69, 0.75, 0.76, 0.84]
-    clean = [0.17, 0.33, 0.30, 0.39, 0.44, 0.53, 0.55, 0.61, 0.60, 0.47, 0.66, 0.72, 0.79, 0.82, 0.87]
-    history = [{"step": 79 * (i + 1), "epoch": i, "clean_accuracy": c, "fgsm_accuracy": f, "pgd_accuracy": p}
-               for i, (p, f, c) in enumerate(zip(pgd, fgsm, clean, strict=True))]
-    onset = detect_onset(history, MonitorSpec())
-    # first check with pgd < 0.5 * 0.086 and fgsm - pgd > 0.30 is index 7 (0.031, gap 0.449); the next
-    # check (0.033) is still below 0.043, so it is confirmed there
-    assert onset is not None and onset.rule["name"] == "relative_collapse"
-    assert (onset.onset_step, onset.confirmed_step) == (79 * 8, 79 * 9)
-
-
-# ---- the verdict: never_robust, suspected, confirmed by the final evaluation (issue 10, item 5) ------------
-SEED2_PGD = [0.066, 0.041, 0.031, 0.061, 0.033, 0.086, 0.064, 0.031, 0.033, 0.025, 0.049, 0.008, 0.010, 0.029,
-             0.002]  # the plain-FGSM seed-2 CPU run above: PGD never above a constant classifier's 10 %
-
-
 def test_chance_level_is_the_largest_class_share_or_one_over_the_classes():
     assert chance_level([52, 52, 51, 51, 51, 51, 51, 51, 51, 51]) == pytest.approx(52 / 512)
     assert chance_level(None, 10) == chance_level([], 10) == pytest.approx(0.1)  # reports without counts
@@ -209,84 +81,156 @@ def test_chance_level_is_the_largest_class_share_or_one_over_the_classes():
         chance_level(None, None)
 
 
-def test_a_run_never_above_chance_is_never_robust_even_when_a_rule_fires():
-    fgsm = [0.22, 0.24, 0.22, 0.21, 0.25, 0.33, 0.40, 0.48, 0.46, 0.43, 0.62, 0.69, 0.75, 0.76, 0.84]
-    h = history(SEED2_PGD, fgsm, clean=0.9)
-    assert detect_onset(h, MonitorSpec()) is not None  # relative_collapse fires on the noise near chance
-    v = classify(h, MonitorSpec(), chance_level=52 / 512)
-    assert v.code == "never_robust" and v.never_robust_level == pytest.approx(52 / 512 + 0.02)
-    assert v.peak["pgd_accuracy"] == 0.086 and v.onset.rule["name"] == "relative_collapse"  # kept, overruled
-    text = verdict_text(v, h)
-    assert text.startswith("Never robust") and "peaked at 8.6% (step 1000)" in text
-    assert "12.2% level" in text and "largest class share, 10.2%" in text and "2 pp margin" in text
-    assert "not counted as a collapse" in text
-    # the same trace scaled above the level is a collapse; the level itself is still never robust
-    assert verdict(history([p * 2 for p in SEED2_PGD], fgsm, clean=0.9), chance_level=52 / 512).code == "co"
-    assert classify(history([0.12, 0.11]), MonitorSpec(), chance_level=0.1).code == "never_robust"
-    assert classify(history([0.121, 0.11]), MonitorSpec(), chance_level=0.1).code == "no_co"
-    assert classify(history([0.121, 0.11]), MonitorSpec(never_robust_margin=0.05),
-                    chance_level=0.1).code == "never_robust"
-
-
-def test_a_flat_trace_near_chance_without_any_firing_is_never_robust():
-    h = history([0.0, 0.01, 0.0, 0.02, 0.0], fgsm=0.1, clean=0.3)
-    assert detect_onset(h, MonitorSpec()) is None and pending_onset(h, MonitorSpec()) is None
-    v = verdict(h)
-    assert v.code == "never_robust" and v.onset is None
-    assert "rule fired" not in verdict_text(v, h)
-
-
-def test_a_last_check_collapse_is_confirmed_by_the_final_evaluation_or_suspected():
-    h = history([0.4] * 6 + [0.02], fgsm=0.8)  # wong_drop fires at the last check: level 0.4 - 0.2 = 0.2
-    confirmed = verdict(h, final_robust_accuracy=0.01)
-    assert confirmed.code == "co" and confirmed.onset.onset_step == 6 * STEP
-    assert confirmed.onset.confirmed_by == "final_evaluation" and confirmed.onset.confirmed_step is None
-    text = verdict_text(confirmed, h)
-    assert text.startswith("Catastrophic overfitting detected at step 1200")
-    assert "confirmed by the final evaluation" in text
-    assert "1.0% on test images, below the 20.0% level" in text
-    # the final evaluation must be strictly below the rule's level, as a next check would have to be
-    for final in (0.2, 0.35, None):
-        suspected = verdict(h, final_robust_accuracy=final)
-        assert suspected.code == "suspected", final
-        assert suspected.onset.onset_step == 6 * STEP and suspected.onset.confirmed_by is None
-        text = verdict_text(suspected, h)
-        assert text.startswith("Catastrophic overfitting suspected at step 1200 (epoch 3), the last monitor")
-        assert ("no final evaluation was given" if final is None else "is not below the 20.0% level") in text
-    # a confirmed onset earlier in the run needs no final evaluation, whatever it says
-    h2 = history([0.4] * 4 + [0.02, 0.01, 0.4], fgsm=0.8)
-    assert verdict(h2, final_robust_accuracy=0.5).onset.confirmed_by == "next_check"
-
-
-def test_the_sentence_does_not_claim_a_fall_when_the_check_before_was_already_below_the_level():
-    # relative_collapse, peak 12.9 %, level 6.45 %; the check before the onset (5.8 %) was already below the
-    # level but without the CO signature (FGSM below clean, gap 24 pp), so the rule fired one check later
-    pgd = [0.10, 0.129, 0.10, 0.058, 0.004, 0.003]
-    fgsm = [0.3, 0.3, 0.3, 0.3, 0.6, 0.65]
-    h = history(pgd, fgsm, clean=0.65)
-    v = verdict(h)
-    assert v.code == "co" and v.onset.rule["name"] == "relative_collapse" and v.onset.onset_step == 4 * STEP
-    assert v.onset.before["pgd_accuracy"] < v.onset.rule["level"]
-    text = verdict_text(v, h)
-    assert "fell" not in text
-    assert ("monitor PGD accuracy 0.4% is below 0.5 times its running maximum 12.9% (the 6.5% level), "
-            "with FGSM accuracy 60.0% more than 30 pp above it") in text
-    assert "confirmed at step 1000, where PGD accuracy was still below the 6.5% level" in text
-    # FGSM above clean: the sentence names that signature instead
-    h = history(pgd, fgsm, clean=[0.65, 0.65, 0.65, 0.65, 0.5, 0.5])
-    assert "with FGSM accuracy 60.0% above clean accuracy 50.0%" in verdict_text(verdict(h), h)
-
-
-def test_drop_from_max_sentence_names_the_running_maximum():
-    h = history([0.45, 0.30, 0.15, 0.05, 0.03], fgsm=0.6, clean=0.9)
-    text = verdict_text(verdict(h), h)
-    assert ("monitor PGD accuracy 15.0% is more than 20 pp below its running maximum 45.0%, with FGSM "
-            "accuracy 60.0% more than 30 pp above it") in text
-
-
 def test_never_robust_margin_is_bounded_and_does_not_change_the_digest():
     assert MonitorSpec().never_robust_margin == 0.02
     with pytest.raises(ValidationError):
         MonitorSpec(never_robust_margin=-0.01)
     changed = JobSpec.model_validate({"monitor": {"never_robust_margin": 0.05}})
     assert changed.sha256() == JobSpec().sha256()  # it reads the stored checks; a resume may change it
+
+
+# ---- issue 21: the four failure classes of the review, on other traces ------------------------------------
+# Each expectation is derived by hand from the module docstring's definitions, not by calling the rules.
+
+
+def test_divergence_is_not_co_and_the_sentence_says_so():
+    # clean, FGSM and PGD fall together (an optimisation failure): PGD stays ~0.85 of FGSM, no signature
+    clean = [0.55, 0.68, 0.72, 0.40, 0.18, 0.15]
+    fgsm = [0.40, 0.47, 0.50, 0.30, 0.15, 0.13]
+    pgd = [0.34, 0.41, 0.44, 0.26, 0.13, 0.11]  # wong_drop's 20 pp fall at index 3 (0.44 -> 0.26 is 18 pp) and 4
+    h = history(pgd, fgsm, clean)
+    assert detect_onset(h, MonitorSpec()) is None and pending_onset(h, MonitorSpec()) is None
+    assert detect_onset(h, MonitorSpec(confirm=False)) is None  # not even an unconfirmed firing
+    v = verdict(h)
+    assert v.code == "no_co" and v.onset is None
+    text = verdict_text(v, h)
+    assert "Clean accuracy fell from 72.0% (step 400) to 15.0%" in text and "divergence" in text
+
+
+def test_a_collapse_from_a_modest_peak_is_caught_at_its_step():
+    # a moderately robust CPU-scale run: PGD peaks at 13 % and falls to 3 % while FGSM (below clean) stays
+    pgd = [0.08, 0.11, 0.13, 0.12, 0.035, 0.025, 0.02]
+    fgsm = [0.18, 0.20, 0.23, 0.24, 0.24, 0.25, 0.26]
+    clean = [0.25, 0.28, 0.30, 0.31, 0.30, 0.31, 0.31]
+    h = history(pgd, fgsm, clean)
+    # by hand: index 4 is the first with pgd < 0.5 x 0.13 = 0.065, fgsm - pgd = 0.205 >= 0.10 and
+    # pgd < 0.5 x fgsm = 0.12; index 5 confirms (0.025 < 0.065, gap 0.225, 0.025 < 0.125). No drop of 20 pp.
+    v = verdict(h)
+    assert v.code == "co"
+    assert (v.onset.rule["name"], v.onset.onset_step, v.onset.confirmed_step) == ("relative_collapse", 800, 1000)
+    assert v.onset.rule["level"] == pytest.approx(0.065)
+
+
+def test_masking_from_the_start_is_co_at_the_first_check_not_never_robust():
+    # FGSM rises above clean from the first check while PGD never leaves ~chance: the CO signature itself
+    clean = [0.28, 0.40, 0.48, 0.55, 0.58]
+    fgsm = [0.30, 0.45, 0.56, 0.66, 0.71]
+    pgd = [0.07, 0.05, 0.02, 0.01, 0.0]
+    h = history(pgd, fgsm, clean)
+    v = verdict(h)
+    # by hand: check 0 has gap 0.23 >= 0.10 and 0.07 < 0.5 x 0.30; check 1 confirms (0.05 < 0.15, gap 0.40)
+    assert v.code == "co" and v.peak["pgd_accuracy"] == 0.07  # below the never-robust level 0.12
+    assert (v.onset.rule["name"], v.onset.onset_step, v.onset.confirmed_step) == ("masking", 0, 200)
+    assert v.onset.before is None
+    text = verdict_text(v, h)
+    assert text.startswith("Catastrophic overfitting detected at step 0 (epoch 0) by the masking rule")
+    assert "FGSM accuracy 30.0%, above clean accuracy 28.0%, against PGD accuracy 7.0%" in text
+    assert "stands far above PGD accuracy without a fall from a robust phase" in text
+    # the same PGD trace with FGSM close to it is never robust: no signature, nothing fires
+    quiet = history(pgd, [p + 0.05 for p in pgd], clean)
+    assert verdict(quiet).code == "never_robust" and verdict(quiet).onset is None
+
+
+def test_a_last_check_firing_is_confirmed_like_for_like_by_a_repeat_of_that_check():
+    h = history([0.30, 0.33, 0.35, 0.34, 0.04], fgsm=[0.40, 0.42, 0.44, 0.44, 0.52], clean=0.5)
+    assert verdict(h).code == "suspected"
+    # the final evaluation (other images, another attack) no longer confirms it, however low
+    assert verdict(h, final_robust_accuracy=0.0).code == "suspected"
+    assert "no repeat of that check confirms it" in verdict_text(verdict(h), h)
+    repeat = {**h[-1], "repeat": True, "pgd_accuracy": 0.05, "fgsm_accuracy": 0.51}
+    v = verdict(h + [repeat])
+    assert v.code == "co" and v.onset.onset_step == 800 and v.onset.confirmed_step == 800
+    assert v.onset.confirmed_by == "repeat_check" and v.onset.rule["name"] == "wong_drop"
+    assert "confirmed by a repeat of that last check" in verdict_text(v, h + [repeat])
+    # a repeat without the signature rejects the firing
+    rejected = {**repeat, "pgd_accuracy": 0.33, "fgsm_accuracy": 0.43}
+    assert verdict(h + [rejected]).code == "no_co"
+
+
+def test_every_firing_rule_is_tried_with_its_own_level():
+    # index 2: wong_drop (level 0.30 - 0.2 = 0.10), drop_from_max (0.40 - 0.2 = 0.20), relative_collapse
+    # (0.5 x 0.40 = 0.20) and masking (0.5 x 0.6 = 0.30) all fire; the next check (0.15) is above wong's
+    # level but below drop_from_max's: the onset is drop_from_max's at index 2
+    h = history([0.40, 0.30, 0.08, 0.15, 0.14], fgsm=0.6, clean=0.7)
+    onset = detect_onset(h, MonitorSpec())
+    assert (onset.rule["name"], onset.onset_step, onset.confirmed_step) == ("drop_from_max", 400, 600)
+    # at the last check every rule is tried as well: only masking fires there (no drop), and is pending
+    tail = history([0.40, 0.40, 0.25], fgsm=[0.5, 0.5, 0.6], clean=0.7)
+    assert pending_onset(tail, MonitorSpec()).rule["name"] == "masking"
+
+
+def test_recovery_after_a_one_check_dip_is_not_co():
+    h = history([0.30, 0.36, 0.05, 0.34, 0.37], fgsm=[0.4, 0.45, 0.55, 0.44, 0.46], clean=0.6)
+    assert detect_onset(h, MonitorSpec()) is None and verdict(h).code == "no_co"
+    unconfirmed = detect_onset(h, MonitorSpec(confirm=False))
+    assert unconfirmed.onset_step == 400 and unconfirmed.confirmed_by is None
+
+
+def test_collapse_at_the_first_and_at_the_last_checks():
+    first = history([0.02, 0.01, 0.0], fgsm=0.6, clean=0.6)
+    assert verdict(first).onset.onset_step == 0
+    last = history([0.3, 0.32, 0.33, 0.01], fgsm=0.4, clean=0.5)
+    assert verdict(last).code == "suspected" and verdict(last).onset.onset_step == 600
+
+
+def test_very_low_and_very_high_peaks():
+    # a peak of 1.5 % falling to 0: only masking can fire (relative_collapse needs min_peak 2 %)
+    low = history([0.015, 0.005, 0.0, 0.0], fgsm=0.3, clean=0.4)
+    assert verdict(low).onset.rule["name"] == "masking"
+    # a very robust run (PGD 60 %, FGSM 68 %) that collapses to 1 %: wong_drop
+    high = history([0.55, 0.60, 0.01, 0.0], fgsm=[0.62, 0.68, 0.9, 0.92], clean=0.8)
+    assert (verdict(high).onset.rule["name"], verdict(high).onset.onset_step) == ("wong_drop", 400)
+
+
+def test_signature_thresholds_tie_behaviour():
+    m = MonitorSpec()
+    row = {"fgsm_accuracy": 0.40, "pgd_accuracy": 0.20}  # ratio exactly 0.5: strict, no signature
+    assert not signature(row, m)
+    assert signature({"fgsm_accuracy": 0.40, "pgd_accuracy": 0.1999}, m)
+    assert signature({"fgsm_accuracy": 0.15, "pgd_accuracy": 0.05}, m)  # gap exactly 0.10: inclusive
+    assert not signature({"fgsm_accuracy": 0.149, "pgd_accuracy": 0.05}, m)
+
+
+def test_confirmation_off_accepts_every_firing():
+    h = history([0.4, 0.4, 0.05], fgsm=0.6)
+    onset = detect_onset(h, MonitorSpec(confirm=False))
+    assert onset.onset_step == 400 and onset.confirmed_step is None and onset.after["step"] == 400
+    assert "unconfirmed" in verdict_text(verdict(h, MonitorSpec(confirm=False)), h)
+    with pytest.raises(ValueError, match="no monitor checks"):
+        classify([], MonitorSpec(), chance_level=CHANCE)
+    assert detect_onset([], MonitorSpec()) is None
+
+
+def test_the_held_out_check_is_judged_too_and_the_sentence_names_the_evidence():
+    h = history([0.30, 0.32, 0.02, 0.01], fgsm=[0.4, 0.42, 0.6, 0.62], clean=0.6)
+    alone = verdict(h)
+    assert alone.held_out is None and "training images only" in verdict_text(alone, h)
+    for row, test_pgd in zip(h, [0.28, 0.30, 0.03, 0.02], strict=True):
+        row.update(test_clean_accuracy=0.58, test_fgsm_accuracy=0.5, test_pgd_accuracy=test_pgd)
+    v = verdict(h)
+    assert v.held_out.code == "co" and v.held_out.onset.onset_step == 400
+    assert "held-out check on test images agrees (CO from step 400" in verdict_text(v, h)
+    for row in h:
+        row["test_pgd_accuracy"] = 0.3  # the test curve says nothing happened
+    v = verdict(h)
+    assert v.code == "co" and v.held_out.code == "no_co" and "differs (no collapse" in verdict_text(v, h)
+
+
+def test_sentence_names_the_rule_and_its_numbers():
+    h = history([0.1, 0.129, 0.1, 0.058, 0.004, 0.003], [0.15, 0.18, 0.16, 0.3, 0.6, 0.65], clean=0.65)
+    # index 3 is the first with the signature (gap 0.242, 0.058 < 0.15) and 0.058 < 0.5 x 0.129; index 4
+    # confirms (0.004, FGSM 0.6)
+    text = verdict_text(verdict(h), h)
+    assert ("monitor PGD accuracy 5.8% is below 0.5 times its running maximum 12.9% (the 6.5% level), with the "
+            "CO signature (FGSM accuracy 30.0% against PGD accuracy 5.8%: PGD below 0.5 times FGSM and 10 pp "
+            "or more below it); confirmed at step 800") in text

@@ -63,10 +63,10 @@ def _scripted_checks(monkeypatch, pgd_by_check):
     """Replace the measurement (not the trainer's reaction to it) with a scripted PGD trace."""
     calls = {"n": 0}
 
-    def check(self, model, step, epoch, curvature=False):
+    def check(self, model, step, epoch, curvature=False, repeat=False):
         pgd = pgd_by_check[min(calls["n"], len(pgd_by_check) - 1)]
         calls["n"] += 1
-        return {"kind": "monitor", "step": step, "epoch": epoch, "clean_accuracy": 0.6,
+        return {"kind": "monitor", "step": step, "epoch": epoch, "repeat": repeat, "clean_accuracy": 0.6,
                 "fgsm_accuracy": 0.7 if pgd < 0.1 else 0.4, "pgd_accuracy": pgd, "fgsm_pgd_gap": 0.0,
                 "gradient_alignment": 0.5, "linearity_error": 0.1}
 
@@ -93,6 +93,23 @@ def test_stop_policy_stops_at_the_confirmed_onset_and_restores_the_best_weights(
     assert "Catastrophic overfitting detected at step 3" in (tmp_path / "summary.md").read_text()
 
 
+def test_a_firing_at_the_last_check_is_repeated_on_the_same_weights_and_confirmed(tmp_path, monkeypatch):
+    # 2 epochs x 3 steps, a check every step: 6 checks, wong_drop fires at the last (step 6); the trainer
+    # then measures the same weights once more (a seventh row, step 6, repeat) and that confirms it
+    _scripted_checks(monkeypatch, [0.30, 0.35, 0.36, 0.35, 0.36, 0.02, 0.01])
+    report = train(tiny_spec(training={"epochs": 2}, monitor={"every_steps": 1}), tmp_path)
+    rows = _monitor_rows(tmp_path)
+    assert [(row["step"], row["repeat"]) for row in rows[-2:]] == [(6, False), (6, True)]
+    co = report["co"]
+    assert (co["verdict"], co["onset_step"], co["confirmed_by"]) == ("co", 6, "repeat_check")
+
+
+def test_no_repeat_check_without_a_firing_at_the_last_check(tmp_path, monkeypatch):
+    _scripted_checks(monkeypatch, [0.30, 0.35, 0.36, 0.35, 0.36, 0.37, 0.02])
+    report = train(tiny_spec(training={"epochs": 2}, monitor={"every_steps": 1}), tmp_path)
+    assert len(_monitor_rows(tmp_path)) == 6 and report["co"]["verdict"] == "no_co"
+
+
 def test_report_policy_trains_to_the_end_and_evaluates_last_and_best(tmp_path, monkeypatch):
     _scripted_checks(monkeypatch, [0.30, 0.45, 0.02, 0.01, 0.01, 0.01])
     spec = tiny_spec(training={"epochs": 2}, monitor={"every_steps": 1})
@@ -104,20 +121,20 @@ def test_report_policy_trains_to_the_end_and_evaluates_last_and_best(tmp_path, m
     assert (co["before"]["step"], co["after"]["step"]) == (2, 4)
 
 
-def test_a_collapse_near_chance_is_reported_as_never_robust(tmp_path, monkeypatch):
-    # relative_collapse fires at check 3 and is confirmed at 4, but PGD never beat a constant classifier
-    # (the tiny monitor set's largest class share is 10 / 96)
+def test_masking_near_chance_is_reported_as_co_not_never_robust(tmp_path, monkeypatch):
+    # PGD never beats a constant classifier (the tiny monitor set's largest class share is 10 / 96), but FGSM
+    # accuracy (0.7) stands far above it from the first check: the masking rule, confirmed at the second
     _scripted_checks(monkeypatch, [0.08, 0.09, 0.02, 0.01, 0.01, 0.01])
     events = []
     from core.trainer import Callbacks
 
     report = train(tiny_spec(training={"epochs": 2}, monitor={"every_steps": 1}), tmp_path,
                    callbacks=Callbacks(on_event=events.append))
-    assert [(e["onset_step"], e["verdict"]) for e in events if e["type"] == "co_onset"] == [(3, "never_robust")]
+    assert [(e["onset_step"], e["verdict"]) for e in events if e["type"] == "co_onset"] == [(1, "co")]
     co = report["co"]
-    assert (co["verdict"], co["detected"], co["onset_step"]) == ("never_robust", False, 3)
+    assert (co["verdict"], co["detected"], co["onset_step"], co["rule"]["name"]) == ("co", True, 1, "masking")
     assert co["chance_level"] == pytest.approx(max(co["monitor"]["class_counts"]) / 96)
-    assert "`never_robust`: Never robust" in (tmp_path / "summary.md").read_text()
+    assert "`co`: Catastrophic overfitting detected at step 1" in (tmp_path / "summary.md").read_text()
 
 
 def test_no_onset_on_a_flat_trace(tmp_path, monkeypatch):

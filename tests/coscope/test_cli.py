@@ -93,7 +93,7 @@ def test_report_prints_the_verdict_code_and_sentence(tmp_path):
     from tests.core.test_report import scripted
 
     train(tiny_spec(training={"epochs": 1}), tmp_path / "trained")
-    scripted(tmp_path / "trained", tmp_path / "run", [0.05, 0.08, 0.03], class_counts=[10] * 10)
+    scripted(tmp_path / "trained", tmp_path / "run", [0.05, 0.08, 0.03], fgsm=0.1, class_counts=[10] * 10)
     result = _coscope("report", str(tmp_path / "run"))
     assert result.returncode == 0, result.stderr
     co = json.loads((tmp_path / "run" / "report.json").read_text())["co"]
