@@ -13,7 +13,7 @@ every check as well as the 512 training images, final PGD-50-10 on 500 class-str
 - b2full: beta 4 and plain at eps 6 on all 50,000 images, 15 epochs (5,865 steps), fp32 and bf16 training.
 - arms: at each (beta, eps) of --betas x --eps: N-FGSM, GradAlign (lambda 0.2) and PGD-10 against FGSM (B3,
   B6), and at each eps orthogonal injection (beta 4) and the DCT low-pass (b = 16) with FGSM and PGD-10 (B8).
-- corpus: short FGSM runs (5,000 images, 6 epochs, seeds 0-1) over eps 6-14, plain and beta 8, with the
+- corpus: short FGSM runs (5,000 images, 6 epochs) over eps 6-14, plain and beta 8, with the
   paper's and the He block, for the verdict corpus of bench/verdict_corpus.py (issue 21).
 
 Runs land in runs/claims/<name> (CLAIMS_OUT overrides); a finished run is skipped and a checkpointed one
@@ -97,7 +97,7 @@ def corpus_runs(seeds: list[int], **_: object) -> Iterator[tuple[str, dict]]:
     block collapses reliably, docs/ablation.md), plain and beta 8, eps 6 to 14: collapses and controls."""
     small = merged(BASE, {"dataset": {"train_subset": 5000, "test_subset": 500}, "training": {"epochs": 6},
                           "evaluation": {"test_subset": 250}, "monitor": {"test_images": 250}})
-    for seed in seeds[:2]:
+    for seed in seeds:
         for eps in (12, 8, 10, 14, 6):
             for arch in ("preact_resnet18", "preact_resnet18_he"):
                 for beta in (0, 8):

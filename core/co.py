@@ -70,6 +70,7 @@ from typing import Any, Protocol
 REQUIRED_KEYS = ("step", "epoch", "clean_accuracy", "fgsm_accuracy", "pgd_accuracy")
 RULES = ("wong_drop", "drop_from_max", "relative_collapse", "masking")
 VERDICTS = ("co", "no_co", "never_robust", "suspected")
+MONITOR_KINDS = ("monitor", "recheck")  # metrics rows the rules read: the checks, and a repeat of the last
 HELD_OUT_KEYS = {"clean_accuracy": "test_clean_accuracy", "fgsm_accuracy": "test_fgsm_accuracy",
                  "pgd_accuracy": "test_pgd_accuracy"}
 
@@ -298,8 +299,9 @@ def percent(value: float | None) -> str:
 
 
 def monitor_rows(history: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    """The monitor checks of a metrics history (metrics.jsonl rows of every kind)."""
-    return [row for row in history if row["kind"] == "monitor"]
+    """The monitor checks of a metrics history (metrics.jsonl rows of every kind), a repeated last check
+    (kind ``recheck``) included."""
+    return [row for row in history if row["kind"] in MONITOR_KINDS]
 
 
 def _pp(value: float) -> str:

@@ -20,24 +20,31 @@ MAX_TABLE_CLASSES = 20  # summary.md lists per-class accuracies up to this many 
 def write_run_summary(out: Path, report: dict[str, Any], history: list[dict[str, Any]]) -> str:
     """Write report.json (with ``co.verdict`` and ``co.verdict_text``), summary.md and curves.png; return
     the verdict line ("code: sentence")."""
-    spec = JobSpec.model_validate(report["spec"])
-    monitor = monitor_rows(history)
-    co, verdict = report.get("co"), None
-    if co is None:
-        text = "No CO monitor ran (monitor.enabled: false)."
-    elif not monitor:
-        text = "No monitor checks were recorded, so catastrophic overfitting could not be assessed."
-        co.update(onset_fields(None), verdict=None, verdict_text=text)
-    else:  # re-rendering applies the current rules to the stored checks
-        verdict = run_verdict(report, monitor, spec)
-        text = verdict_text(verdict, monitor)
-        co.update(verdict_fields(verdict), verdict_text=text)
+    verdict, text = judge(report, history)
     (out / "report.json").write_text(json.dumps(report, indent=2))
     summary_verdict = f"`{verdict.code}`: {text}" if verdict else text
     (out / "summary.md").write_text(summary_markdown(report, summary_verdict))
     plot_curves(history, out / "curves.png", verdict.onset if verdict and verdict.code == "co" else None,
                 final=report.get("final"))
     return f"{verdict.code}: {text}" if verdict else text
+
+
+def judge(report: dict[str, Any], history: list[dict[str, Any]]) -> tuple[Verdict | None, str]:
+    """Apply today's rules to the stored checks: update ``report["co"]`` in place with the verdict, its
+    sentence and the onset; return (verdict or None, sentence). Pure: ``coscope report RUN_DIR`` and the
+    API's report route re-judge old runs with it."""
+    monitor = monitor_rows(history)
+    co = report.get("co")
+    if co is None:
+        return None, "No CO monitor ran (monitor.enabled: false)."
+    if not monitor:
+        text = "No monitor checks were recorded, so catastrophic overfitting could not be assessed."
+        co.update(onset_fields(None), verdict=None, verdict_text=text)
+        return None, text
+    verdict = run_verdict(report, monitor, JobSpec.model_validate(report["spec"]))
+    text = verdict_text(verdict, monitor)
+    co.update(verdict_fields(verdict), verdict_text=text)
+    return verdict, text
 
 
 def run_verdict(report: dict[str, Any], monitor: list[dict[str, Any]], spec: JobSpec) -> Verdict:

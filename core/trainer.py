@@ -395,7 +395,7 @@ class _Run:
                     state.stopped_early = True
                     self.save()
 
-    def _monitor_row(self, curvature: bool, repeat: bool) -> dict[str, Any]:
+    def _monitor_row(self, curvature: bool, repeat: bool = False) -> dict[str, Any]:
         assert self.monitor is not None
         with full_precision(self.device):  # whatever training.precision
             return self.monitor.check(self.model, self.state.step, self.state.epoch, curvature, repeat)

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-ROW_KINDS = ("train", "epoch", "monitor")
+ROW_KINDS = ("train", "epoch", "monitor", "recheck")  # recheck: a repeat of the last monitor check
 INDEX_FIELDS = {"kind", "step", "epoch"}  # a row's coordinates, not measurements
 WATERMARK_TAG = "coscope.logged_step."
 TEAM_EXPERIMENT = "coscope/{team}"  # the default experiment (api.schemas.Tracking names the rule)

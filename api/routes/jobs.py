@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import csv
 import hashlib
 import io
@@ -23,6 +24,7 @@ from api.queue import Publisher, publish_and_mark
 from api.schemas import (JOB_EXAMPLES, Artifact, ArtifactsPublic, JobCreate, JobPublic, JobsPublic,
                          JobSummary, MetricsPublic, errors)
 from core.cost import default_queue
+from core.report import judge
 from store import crud, webhooks
 from store.db import session_scope
 from store.models import Job
@@ -165,18 +167,20 @@ def redacted(data: dict[str, Any], settings: Settings) -> dict[str, Any]:
 @router.get("/{job_id}/report", summary="Read a job's report",
             responses={200: {"content": {"application/json": {"schema": {"type": "object"}}}},
                        304: {"description": "Not modified (If-None-Match)"}, **OWNED})
-def read_report(job: OwnedJob, request: Request) -> Response:
-    """The run's report.json (with the CO section), once the job succeeded; with an ``ETag``
-    (``If-None-Match``: 304 while unchanged)."""
+def read_report(job: OwnedJob, request: Request, session: SessionDep) -> Response:
+    """The run's report.json (with the CO section), once the job succeeded, its verdict re-judged by today's
+    rules from the stored monitor checks; with an ``ETag`` (``If-None-Match``: 304 while unchanged)."""
     if job.report is None:
         raise HTTPException(404, "Report not available")
-    return conditional(request, json.dumps(job.report, sort_keys=True).encode(), "application/json")
+    report = copy.deepcopy(job.report)
+    judge(report, crud.job_metrics(session, job.id))  # today's rules on the stored checks
+    return conditional(request, json.dumps(report, sort_keys=True).encode(), "application/json")
 
 
 @router.get("/{job_id}/metrics", response_model=MetricsPublic, summary="Read a job's metrics rows",
             responses={200: {"content": {"text/csv": {"schema": {"type": "string"}}}}, **OWNED})
 def read_metrics(job: OwnedJob, session: SessionDep,
-                 kind: Annotated[Literal["train", "epoch", "monitor"] | None, Query()] = None,
+                 kind: Annotated[Literal["train", "epoch", "monitor", "recheck"] | None, Query()] = None,
                  format_: Annotated[Literal["json", "csv"], Query(alias="format")] = "json") -> Any:
     """Metrics rows (train steps, epochs, monitor checks) as JSON or CSV."""
     rows = crud.job_metrics(session, job.id, kind)

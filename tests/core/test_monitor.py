@@ -66,7 +66,8 @@ def _scripted_checks(monkeypatch, pgd_by_check):
     def check(self, model, step, epoch, curvature=False, repeat=False):
         pgd = pgd_by_check[min(calls["n"], len(pgd_by_check) - 1)]
         calls["n"] += 1
-        return {"kind": "monitor", "step": step, "epoch": epoch, "repeat": repeat, "clean_accuracy": 0.6,
+        return {"kind": "recheck" if repeat else "monitor", "step": step, "epoch": epoch, "repeat": repeat,
+                "clean_accuracy": 0.6,
                 "fgsm_accuracy": 0.7 if pgd < 0.1 else 0.4, "pgd_accuracy": pgd, "fgsm_pgd_gap": 0.0,
                 "gradient_alignment": 0.5, "linearity_error": 0.1}
 
@@ -98,8 +99,9 @@ def test_a_firing_at_the_last_check_is_repeated_on_the_same_weights_and_confirme
     # then measures the same weights once more (a seventh row, step 6, repeat) and that confirms it
     _scripted_checks(monkeypatch, [0.30, 0.35, 0.36, 0.35, 0.36, 0.02, 0.01])
     report = train(tiny_spec(training={"epochs": 2}, monitor={"every_steps": 1}), tmp_path)
-    rows = _monitor_rows(tmp_path)
-    assert [(row["step"], row["repeat"]) for row in rows[-2:]] == [(6, False), (6, True)]
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(row["kind"], row["step"]) for row in rows if row["kind"] in ("monitor", "recheck")][-2:] == [
+        ("monitor", 6), ("recheck", 6)]
     co = report["co"]
     assert (co["verdict"], co["onset_step"], co["confirmed_by"]) == ("co", 6, "repeat_check")
 
