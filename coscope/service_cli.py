@@ -88,7 +88,8 @@ def worker_command(queues: str, name: str | None) -> list[str]:
 
 
 def _first_key(settings: Any) -> str | None:
-    """On a store with no keys, create an admin key and write it to HOME/api-key (mode 600)."""
+    """On a store with no keys, create an admin key and write it to the key file (``COSCOPE_KEY_FILE``, default
+    HOME/api-key; mode 600)."""
     from sqlalchemy import func, select
 
     from store import crud
@@ -99,7 +100,7 @@ def _first_key(settings: Any) -> str | None:
         if session.scalar(select(func.count()).select_from(ApiKey)):
             return None
         _, key = crud.create_key(session, "first-admin", "default", "admin")
-    path = settings.home / "api-key"
+    path = settings.first_key_file
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(descriptor, "w") as handle:

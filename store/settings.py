@@ -55,6 +55,10 @@ class Settings(BaseSettings):
     sweep_release_seconds: float = Field(2.0, gt=0)  # period of the API's sweep keeper
     max_body_bytes: int = Field(1 << 20, ge=1024, le=1 << 30)  # larger request bodies get 413
     docs: bool = False  # serve /docs, /redoc and /openapi.json in production too (always on in development)
+    # /metrics (job counts of every team): public in development, an admin key in production, unless this says
+    metrics_public: bool | None = None
+    key_file: Path | None = None  # where `coscope serve` writes the first admin key; default HOME/api-key.
+    # Compose puts it on a volume of the API alone: HOME is the artifacts volume every worker mounts
     # MLflow tracking (workers only; worker/mlflow_run.py): when set, each job becomes a run on this server.
     # The worker gives up on a server that stays unreachable this long and records a ``tracking`` job event.
     mlflow_tracking_uri: str | None = None
@@ -73,6 +77,14 @@ class Settings(BaseSettings):
     @property
     def docs_enabled(self) -> bool:
         return self.env == "development" or self.docs
+
+    @property
+    def metrics_open(self) -> bool:
+        return self.env == "development" if self.metrics_public is None else self.metrics_public
+
+    @property
+    def first_key_file(self) -> Path:
+        return self.key_file or self.home / "api-key"
 
     @property
     def database(self) -> str:

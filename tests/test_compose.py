@@ -90,7 +90,8 @@ def test_api_and_worker_share_the_artifacts_volume_at_coscope_home(compose: dict
     assert "artifacts" in compose["volumes"]
 
 
-DEFAULTED = {"COSCOPE_DATA_DIR": ":-./data"}  # the only variables with a default: no secrets among them
+# the only variables with a default: no secrets among them
+DEFAULTED = {"COSCOPE_DATA_DIR": ":-./data", "COSCOPE_PUBLISH_HOST": ":-127.0.0.1"}
 
 
 def test_every_interpolation_but_the_data_folder_is_required_without_a_default() -> None:
@@ -263,6 +264,24 @@ def test_flower_is_published_on_loopback_only(compose: dict[str, Any]) -> None:
     assert flower.get("network_mode") != "host"
     for port in published_ports(flower):
         assert port["host_ip"] in ("127.0.0.1", "::1"), f"Flower published on {port} (every interface)"
+
+
+def test_the_api_is_published_on_loopback_unless_the_operator_opens_it(compose: dict[str, Any]) -> None:
+    """Issue 23 item 5: no `8000:8000` on every interface with a fresh deployment."""
+    defaults = {"api": {**compose["services"]["api"], "ports": [
+        INTERPOLATION.sub(lambda match: match.group(2).removeprefix(":-"), str(entry))
+        for entry in compose["services"]["api"]["ports"]]}}
+    assert [port["host_ip"] for port in published_ports(defaults["api"])] == ["127.0.0.1"]
+
+
+def test_the_first_admin_key_is_on_a_volume_of_the_api_alone(compose: dict[str, Any]) -> None:
+    """Issue 23 item 5: COSCOPE_HOME is the artifacts volume every worker mounts; the key must not be there."""
+    api = compose["services"]["api"]
+    key_file = Path(environment(api)["COSCOPE_KEY_FILE"])
+    assert not key_file.is_relative_to(environment(api)["COSCOPE_HOME"])
+    assert f"api-secrets:{key_file.parent}" in api["volumes"] and "api-secrets" in compose["volumes"]
+    for name in WORKERS:
+        assert not any(str(volume).startswith("api-secrets:") for volume in compose["services"][name]["volumes"])
 
 
 def test_only_the_api_and_flower_publish_ports(compose: dict[str, Any]) -> None:

@@ -1,16 +1,18 @@
-"""Health, readiness and Prometheus metrics (no authentication: no job data is exposed)."""
+"""Health, readiness and Prometheus metrics. Health and readiness need no key; the metrics (job counts of every
+team) need an admin key unless ``COSCOPE_METRICS_PUBLIC`` (default: public in development only)."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Response
+from fastapi.security import HTTPAuthorizationCredentials
 from fastapi.concurrency import run_in_threadpool
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from sqlalchemy import text
 
-from api.deps import SettingsDep, get_publisher
+from api.deps import SessionDep, SettingsDep, bearer, get_current_key, get_publisher, require_admin
 from api.queue import Publisher
 from store import crud
 from store.db import session_scope
@@ -73,10 +75,19 @@ class StoreCollector:
         yield from (by_state, depth, duration, count, throughput)
 
 
+def metrics_access(settings: SettingsDep, session: SessionDep,
+                   credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
+    """Every team's job counts are not for anyone who can reach the port: an admin key outside development."""
+    if not settings.metrics_open:
+        require_admin(get_current_key(session, credentials))
+
+
 @router.get("/metrics", response_class=Response, summary="Prometheus metrics",
-            responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}})
+            dependencies=[Depends(metrics_access)],
+            responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}, 401: {}, 403: {}})
 def metrics(settings: SettingsDep) -> Response:
-    """Prometheus text format."""
+    """Prometheus text format. Production: an admin key (Prometheus sends it with ``authorization:
+    credentials``), unless ``COSCOPE_METRICS_PUBLIC=true``."""
     registry = CollectorRegistry()
     registry.register(StoreCollector(settings))  # type: ignore[arg-type]
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -511,6 +511,23 @@ def test_docs_are_gated_in_production(tmp_path, env, docs, served):
         assert client.get("/healthz").status_code == 200
 
 
+@pytest.mark.parametrize(("env", "public", "open_"),
+                         [("development", None, True), ("production", None, False), ("production", True, True),
+                          ("development", False, False)])
+def test_metrics_need_an_admin_key_in_production(tmp_path, env, public, open_):
+    """Issue 23 item 5: /metrics shows every team's job counts; production keeps it for admins."""
+    settings = Settings(home=tmp_path, env=env, metrics_public=public, webhook_secret="s" * 32)
+    with TestClient(create_app(settings, reconcile=False)) as client:
+        anonymous = client.get("/metrics")
+        assert anonymous.status_code == (200 if open_ else 401)
+        if not open_:
+            assert anonymous.json() == {"detail": "Invalid or missing API key"}
+            member = client.get("/metrics", headers=key_headers(settings, role="member"))
+            assert (member.status_code, member.json()) == (403, {"detail": "Admin role required"})
+        admin = client.get("/metrics", headers=key_headers(settings, role="admin"))
+        assert admin.status_code == 200 and "coscope_jobs" in admin.text
+
+
 def test_no_cors_headers_for_an_untrusted_origin(client):
     response = client.get("/healthz", headers={"Origin": "https://evil.example"})
     assert "access-control-allow-origin" not in response.headers

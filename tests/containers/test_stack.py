@@ -25,8 +25,10 @@ FINISHED = ("succeeded", "failed", "cancelled")
 
 @pytest.fixture(scope="module")
 def api(stack: Stack) -> Api:
-    # docs/operations.md's way to the first admin key: `docker compose exec api cat /var/lib/coscope/api-key`.
-    key = stack.project.exec("api", "cat", "/var/lib/coscope/api-key").stdout.strip()
+    # docs/operations.md: `docker compose exec api cat /var/lib/coscope-api/api-key` gives the first admin key;
+    # the workers, which mount the artifacts volume, never see it
+    key = stack.project.exec("api", "cat", "/var/lib/coscope-api/api-key").stdout.strip()
+    assert stack.project.exec("worker-cpu", "ls", "/var/lib/coscope", "/var/lib").stdout.count("api-key") == 0
     return Api(stack.url, key)
 
 

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
 from coscope.harness import Stack
@@ -141,5 +142,21 @@ def test_development_starts_with_the_placeholder_and_warns(tmp_path):
         stack.start_api()  # answers /healthz on the port it bound
         assert stack.port not in (0, 8000) and f":{stack.port}" in stack.log("api.log")
         assert "COSCOPE_WEBHOOK_SECRET is a placeholder (allowed in development only)" in stack.log("api.log")
+    finally:
+        stack.close()
+
+
+def test_serve_writes_the_first_admin_key_where_key_file_says_and_not_into_home(tmp_path):
+    """Issue 23 item 5: compose mounts HOME (the artifacts) into every worker, so the key goes elsewhere."""
+    key_file = tmp_path / "api-only" / "first-key"
+    stack = Stack("embedded", tmp_path / "home", env={"COSCOPE_KEY_FILE": str(key_file)})
+    stack.home.mkdir()
+    try:
+        stack.start_api()
+        assert key_file.stat().st_mode & 0o777 == 0o600
+        assert not (stack.home / "api-key").exists()
+        assert f"first admin API key written to {key_file}" in stack.log("api.log")
+        key = key_file.read_text().strip()
+        assert httpx.get(f"{stack.url}/v1/me", headers={"Authorization": f"Bearer {key}"}).json()["role"] == "admin"
     finally:
         stack.close()
