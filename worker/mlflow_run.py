@@ -46,6 +46,7 @@ CHECKPOINTS = ("checkpoint.pt", "best.pt")
 # from our bounded retry. Operators may still set these.
 CLIENT_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 ROW_EVENTS = ("metrics", "epoch", "monitor")
+TEAM_TAG = "coscope.team"  # on an experiment: the team whose runs it holds
 
 
 class GaveUp(Exception):
@@ -149,14 +150,11 @@ class Tracker:
         from mlflow.tracking import MlflowClient
 
         client = MlflowClient(tracking_uri=self.settings.mlflow_tracking_uri)
-        experiment_id = self._call("experiment", _experiment_id, client, self.job.experiment)
-        run = self._call("run", _find_run, client, experiment_id, self.job.id)
-        if run is None:
-            run = self._call("run", client.create_run, experiment_id, run_name=self.job.run_name,
-                             tags=tracking.run_tags(self.job, self.attempt))
-            self.run_id = run.info.run_id
-        else:  # a resumed attempt: the same run, past the steps logged before
-            self.run_id, self.marks = run.info.run_id, tracking.marks_from_tags(run.data.tags)
+        experiment_id = self._call("experiment", _experiment_id, client, self.job.experiment, self.job.team)
+        run, created = self._call("run", _find_or_create_run, client, experiment_id, self.job, self.attempt)
+        self.run_id = run.info.run_id
+        if not created:  # a resumed attempt: the same run, past the steps logged before
+            self.marks = tracking.marks_from_tags(run.data.tags)
             self._log(client, "run", tags=tracking.run_tags(self.job, self.attempt))
         params = {key: value for key, value in tracking.flatten(self.job.spec).items()
                   if key not in run.data.params}
@@ -220,6 +218,8 @@ class Tracker:
         while True:
             try:
                 return function(*args, **kwargs)
+            except GaveUp:
+                raise
             except Exception as error:
                 code = _status_code(error)
                 if code is not None and 400 <= code < 500 and code not in (408, 429):
@@ -242,26 +242,53 @@ class Tracker:
             log.exception("could not record the tracking outcome of job %s", self.job.id)
 
 
-def _experiment_id(client: Any, name: str) -> str:
-    """The experiment's id, created if missing (another worker creating it meanwhile is fine)."""
+class ForeignExperiment(Exception):
+    """The experiment belongs to another team (its ``coscope.team`` tag): never log into it."""
+
+
+def _experiment_id(client: Any, name: str, team: str) -> str:
+    """The experiment's id, created if missing (another worker creating it meanwhile is fine) and tied to
+    ``team`` by its ``coscope.team`` tag: an experiment first used by coscope for a team (or created for it)
+    stays that team's, so a request naming another team's experiment gives up instead of mixing runs."""
     from mlflow.exceptions import MlflowException
 
     experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return str(experiment.experiment_id)
-    try:
-        return str(client.create_experiment(name))
-    except MlflowException as error:
-        if error.error_code != "RESOURCE_ALREADY_EXISTS":
-            raise
-        return str(client.get_experiment_by_name(name).experiment_id)
+    if experiment is None:
+        try:
+            return str(client.create_experiment(name, tags={TEAM_TAG: team}))
+        except MlflowException as error:
+            if error.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            experiment = client.get_experiment_by_name(name)
+    owner = experiment.tags.get(TEAM_TAG)
+    if owner is None:  # made outside coscope: the first team that logs into it claims it
+        client.set_experiment_tag(experiment.experiment_id, TEAM_TAG, team)
+        owner = client.get_experiment(experiment.experiment_id).tags.get(TEAM_TAG)
+    if owner != team:
+        raise GaveUp("experiment", ForeignExperiment(f"experiment {name!r} belongs to another team"))
+    return str(experiment.experiment_id)
 
 
-def _find_run(client: Any, experiment_id: str, job_id: str) -> Any:
-    """The run an earlier attempt of the job created, if any (job ids are UUIDs: safe in the filter)."""
+def _find_or_create_run(client: Any, experiment_id: str, job: TrackedJob, attempt: int) -> tuple[Any, bool]:
+    """(the job's run, whether this call created it). Idempotent per job: the run is looked up by its
+    ``coscope.job_id`` tag before any create, so a create retried after a lost response finds the run the
+    first try made; two attempts that raced to create keep the oldest run and drop their own newer one."""
+    runs = _job_runs(client, experiment_id, job.id)
+    if runs:
+        return runs[0], False
+    mine = client.create_run(experiment_id, run_name=job.run_name, tags=tracking.run_tags(job, attempt))
+    oldest = _job_runs(client, experiment_id, job.id)[0]
+    if oldest.info.run_id != mine.info.run_id:
+        client.delete_run(mine.info.run_id)
+        return oldest, False
+    return mine, True
+
+
+def _job_runs(client: Any, experiment_id: str, job_id: str) -> list[Any]:
+    """The job's live runs, oldest first (job ids are UUIDs: safe in the filter)."""
     runs = client.search_runs([experiment_id], filter_string=f"tags.`coscope.job_id` = '{job_id}'",
-                              max_results=1)
-    return runs[0] if runs else None
+                              max_results=50)
+    return sorted(runs, key=lambda run: (run.info.start_time, run.info.run_id))
 
 
 def _status_code(error: Exception) -> int | None:

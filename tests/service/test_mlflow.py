@@ -322,3 +322,76 @@ def test_a_cancelled_job_ends_its_run_killed(tmp_path, mlflow_server):
     run = mlflow_server.run(job["id"], "coscope/default")
     assert run["info"]["status"] == event["status"] == "KILLED"
     assert event["artifacts"] == []  # the trainer writes report, summary and curves only when it finishes
+
+
+def _tracked(settings, experiment: str, team: str | None = None) -> TrackedJob:
+    job_id = queued_job(settings, job_spec())
+    with session_scope(settings.database) as session:
+        row = session.get(Job, job_id)
+        return TrackedJob(job_id, team or row.team, None, row.spec, {"experiment": experiment})
+
+
+def test_a_create_retried_after_a_lost_response_makes_one_run(tmp_path, mlflow_server, monkeypatch):
+    """Issue 23 item 7: the server created the run but its answer never arrived; the retry must find that run
+    instead of creating a second one for the same job."""
+    from mlflow.tracking import MlflowClient
+    from requests.exceptions import ConnectionError as LostResponse
+
+    real_create, calls = MlflowClient.create_run, []
+
+    def create_then_lose_the_answer(self, *args, **kwargs):
+        run = real_create(self, *args, **kwargs)  # the run exists on the server from here on
+        calls.append(run.info.run_id)
+        if len(calls) == 1:
+            raise LostResponse("connection reset while reading the response")
+        return run
+
+    monkeypatch.setattr(MlflowClient, "create_run", create_then_lose_the_answer)
+    stack = tracked_stack(tmp_path, mlflow_server)
+    settings = stack.settings(mlflow_tracking_uri=mlflow_server.url)
+    try:
+        job = _tracked(settings, "retried-create")
+        tracker = Tracker(settings, job, 1).start()
+        tracker.on_event({"type": "metrics", "kind": "train", "epoch": 0, "step": 1, "loss": 0.5})
+        tracker.close("succeeded")
+    finally:
+        stack.close()
+    run = mlflow_server.run(job.id, "retried-create")  # exactly one
+    assert calls == [run["info"]["run_id"]] and tracker.run_id == run["info"]["run_id"]
+    assert mlflow_server.history(tracker.run_id, "train/loss") == [(1, 0.5)]
+
+
+def test_two_attempts_starting_together_share_one_run(tmp_path, mlflow_server):
+    stack = tracked_stack(tmp_path, mlflow_server)
+    settings = stack.settings(mlflow_tracking_uri=mlflow_server.url)
+    try:
+        job = _tracked(settings, "racing-attempts")
+        trackers = [Tracker(settings, job, attempt) for attempt in (1, 2)]
+        for tracker in trackers:  # their threads race to find-or-create
+            tracker.start()
+        for tracker in trackers:
+            tracker.close("stale" if tracker.attempt == 1 else "succeeded")
+    finally:
+        stack.close()
+    run = mlflow_server.run(job.id, "racing-attempts")
+    assert {tracker.run_id for tracker in trackers} == {run["info"]["run_id"]}
+
+
+def test_another_team_s_experiment_is_refused_and_recorded(tmp_path, mlflow_server):
+    """An experiment outside coscope/ belongs to the first team that logs into it (its coscope.team tag)."""
+    stack = tracked_stack(tmp_path, mlflow_server)
+    settings = stack.settings(mlflow_tracking_uri=mlflow_server.url)
+    try:
+        owner = _tracked(settings, "shared-study", team="vision")
+        Tracker(settings, owner, 1).start().close("succeeded")
+        intruder = _tracked(settings, "shared-study", team="audio")
+        refused = Tracker(settings, intruder, 1).start()
+        refused.close("succeeded")
+        with session_scope(settings.database) as session:
+            events = [event.data for event in crud.events_after(session, intruder.id, 0) if event.type == "tracking"]
+    finally:
+        stack.close()
+    assert len(mlflow_server.runs(owner.id, "shared-study")) == 1
+    assert mlflow_server.runs(intruder.id, "shared-study") == [] and refused.run_id is None
+    assert events == [{"outcome": "failed", "stage": "experiment", "error": "ForeignExperiment",
+                       "status_code": None, "rows_dropped": 0}]
