@@ -96,7 +96,8 @@ def corpus_runs(seeds: list[int], **_: object) -> Iterator[tuple[str, dict]]:
     """Short runs for the verdict corpus (issue 21): 5,000 images, 6 epochs, both residual blocks (the He
     block collapses reliably, docs/ablation.md), plain and beta 8, eps 6 to 14: collapses and controls."""
     small = merged(BASE, {"dataset": {"train_subset": 5000, "test_subset": 500}, "training": {"epochs": 6},
-                          "evaluation": {"test_subset": 250}, "monitor": {"test_images": 250}})
+                          "evaluation": {"test_subset": 200},
+                          "monitor": {"train_images": 256, "test_images": 200}})  # checks: most of a CPU run
     for seed in seeds:
         for eps in (12, 8, 10, 14, 6):
             for arch in ("preact_resnet18", "preact_resnet18_he"):
