@@ -2,7 +2,7 @@
 
     python bench/claims.py run   GROUP [--seeds 0 1 2] [--jobs 2] [--device cpu] [--data-root ../shared/data]
                                  [--eps 10 12] [--betas 0 4 8]      # the points of the 'arms' group
-    python bench/claims.py table GROUP [--runs runs/claims]
+    python bench/claims.py table GROUP [--runs FOLDER ...]   # default: runs/claims and bench/data/runs/*/claims
 
 Groups (every run: the shared CIFAR-10 JPEG images, PreActResNet18 width 16 with the paper's block, batch 128,
 the paper's cyclic schedule, fp32 monitor and evaluation, a monitor check of 500 held-out test images at
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import json
 import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -31,7 +32,10 @@ from pathlib import Path
 
 from common import ROOT, merged, train_into
 
+from core.report import judge
+
 OUT = Path(os.environ.get("CLAIMS_OUT", ROOT / "runs" / "claims"))
+RECORDS = ROOT / "bench" / "data" / "runs"  # committed records of earlier batches: <batch>/claims/<name>
 MAP_EPS, MAP_BETAS = (12, 11, 10, 9, 8), (0, 4, 8, 2)  # the likely collapse region first; beta 2 last
 
 BASE = {
@@ -121,6 +125,34 @@ def runs_of(args: argparse.Namespace) -> list[tuple[str, dict]]:
             or any(fnmatch.fnmatch(name, pattern) for pattern in args.only)]
 
 
+def table(names: list[str], roots: list[Path]) -> None:
+    """One markdown row per finished run (every copy found under ``roots``), verdicts re-judged by today's
+    rules, then per cell (the name without its seed) the share of runs that collapsed."""
+    print("| run | device | verdict (training images) | onset step | held-out verdict | final clean | "
+          "final PGD-50-10 | best-weights PGD-50-10 |\n|---|---|---|---|---|---|---|---|")
+    cells: dict[str, list[str]] = {}
+    for name in names:
+        for root in roots:
+            if not (root / name / "report.json").exists():
+                continue
+            report = json.loads((root / name / "report.json").read_text())
+            history = [json.loads(line) for line in (root / name / "metrics.jsonl").read_text().splitlines()]
+            judge(report, history)
+            co, final = report["co"], report["final"]
+            best = (co["best_checkpoint"].get("final") or {}).get("robust_accuracy")
+            held = (co.get("held_out") or {}).get("verdict", "-")
+            environment = report["environment"]
+            device = (environment["device_name"].replace("NVIDIA ", "") if environment["device"].startswith("cuda")
+                      else f"CPU, {environment['threads']} thread(s)")
+            print(f"| {name} | {device} | {co['verdict']} | {co['onset_step'] or '-'} | {held} "
+                  f"| {final['clean_accuracy']:.3f} | {final['robust_accuracy']:.3f} "
+                  f"| {'-' if best is None else f'{best:.3f}'} |")
+            cells.setdefault(name.rsplit("-seed", 1)[0], []).append(co["verdict"])
+    print("\n| cell | runs | collapsed (co) |\n|---|---|---|")
+    for cell, verdicts in cells.items():
+        print(f"| {cell} | {len(verdicts)} | {verdicts.count('co')} of {len(verdicts)} |")
+
+
 def run(args: argparse.Namespace) -> None:
     work = runs_of(args)
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
@@ -140,12 +172,13 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--max-steps", type=int, default=None, help="stop each run after N steps (smoke runs)")
     parser.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data"))
+    parser.add_argument("--runs", nargs="+", default=[str(OUT), *map(str, sorted(RECORDS.glob("*/claims")))],
+                        help="table: folders holding run folders (default: runs/claims and the committed records)")
     args = parser.parse_args()
     if args.action == "run":
         run(args)
     else:
-        from claims_table import print_group
-        print_group(args.group, [OUT / name for name, _ in runs_of(args)])
+        table([name for name, _ in runs_of(args)], [Path(root) for root in args.runs])
 
 
 if __name__ == "__main__":

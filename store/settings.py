@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -64,6 +64,13 @@ class Settings(BaseSettings):
     mlflow_tracking_uri: str | None = None
     mlflow_give_up_seconds: float = Field(120.0, gt=0, le=3600)
     mlflow_log_checkpoints: bool = False  # also upload checkpoint.pt and best.pt (large) as run artifacts
+    # Retention (store/retention.py): checkpoint.pt and best.pt of jobs finished more than this many days
+    # ago are deleted (reports, metrics and every row stay). Unset: kept forever, as before, so an upgrade
+    # deletes nothing an operator did not ask for. Per team, a JSON object: {"vision": 7, "audit": null}
+    # (null: forever; teams not named follow checkpoint_retention_days).
+    checkpoint_retention_days: float | None = Field(None, ge=0, le=36_500)
+    team_checkpoint_retention_days: dict[str, Annotated[float, Field(ge=0, le=36_500)] | None] = {}
+    retention_seconds: float = Field(3600.0, gt=0)  # period of the API's retention keeper
 
     @model_validator(mode="after")
     def _refuse_placeholder_secrets(self) -> Settings:
@@ -102,6 +109,12 @@ class Settings(BaseSettings):
     @property
     def artifacts(self) -> Path:
         return self.home / "artifacts"
+
+    def attempt_folder(self, job_id: str, attempt: int) -> Path:
+        """Where attempt ``attempt`` of a job writes its run folder. Files are fenced like rows: an attempt that
+        lost its lease (paused, partitioned) writes only its own folder, and the API serves the folder of the
+        attempt the job row names, so a zombie never overwrites what clients read or what a resume loads."""
+        return self.artifacts / job_id / f"attempt-{attempt}"
 
     @property
     def datasets(self) -> Path:

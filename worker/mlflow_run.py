@@ -65,7 +65,7 @@ def open_tracker(settings: Settings, job: TrackedJob, attempt: int) -> Tracker |
 class Tracker:
     def __init__(self, settings: Settings, job: TrackedJob, attempt: int) -> None:
         self.settings, self.job, self.attempt = settings, job, attempt
-        self.out = settings.artifacts / job.id
+        self.out = settings.attempt_folder(job.id, attempt)
         self.run_id: str | None = None
         self.marks: dict[str, int] = {}
         self.sent = self.dropped = self.in_flight = 0  # rows: logged, never sent, in the batches being sent

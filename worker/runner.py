@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import threading
 import time
@@ -159,7 +160,7 @@ def _execute(settings: Settings, job_id: str, attempt: int, spec_data: Any, leas
     from core.errors import Cancelled, CheckpointError, DatasetNotFound, DivergedError, SpecError
     from worker.dry_run import write_dry_run
 
-    out = settings.artifacts / job_id
+    out = settings.attempt_folder(job_id, attempt)
     status, fields = "failed", {}
     try:
         spec = JobSpec.model_validate(spec_data)
@@ -214,9 +215,30 @@ def _raised_during(error: BaseException, kind: type[BaseException]) -> bool:
     return False
 
 
+RESUMED_FILES = ("checkpoint.pt", "best.pt")  # what a new attempt takes over from the newest earlier one
+
+
+def carry_over(settings: Settings, job_id: str, attempt: int, out: Path) -> None:
+    """Copy the newest earlier attempt's checkpoints into this attempt's folder (each file to a temporary name,
+    then renamed: an older attempt still writing its own folder is read whole or not at all). Run folders from
+    before per-attempt folders (files directly in the job's folder) count as the oldest attempt."""
+    job_folder = settings.artifacts / job_id
+    earlier = [settings.attempt_folder(job_id, n) for n in range(attempt - 1, 0, -1)] + [job_folder]
+    source = next((folder for folder in earlier if (folder / RESUMED_FILES[0]).is_file()), None)
+    if source is None or (out / RESUMED_FILES[0]).exists():
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    for name in RESUMED_FILES:
+        if (source / name).is_file():
+            partial = out / f".{name}.{os.getpid()}.part"
+            shutil.copyfile(source / name, partial)
+            os.replace(partial, out / name)
+
+
 def _train(settings: Settings, spec: JobSpec, out: Path, lease: Lease, reporter: Reporter) -> dict[str, Any]:
     from core.trainer import Callbacks, select_device, train  # torch: in the pool child, for training only
 
+    carry_over(settings, lease.job_id, lease.attempt, out)
     return train(spec, out, select_device("auto"), data_root=settings.datasets,
                  callbacks=Callbacks(on_event=_test_faults(settings, spec.seed, reporter.on_event),
                                      should_stop=lease.should_stop),

@@ -18,8 +18,8 @@ from sqlalchemy.orm import Session
 
 from api import limits, paths, sse
 from api.conditional import conditional, conditional_file
-from api.deps import (ChangeWindowDep, CurrentKey, OwnedJob, SessionDep, SettingsDep, get_current_key,
-                      get_publisher, limit_submissions)
+from api.deps import (ChangedAfterDep, ChangeWindowDep, CurrentKey, OwnedJob, SessionDep, SettingsDep,
+                      change_cursor, get_current_key, get_publisher, limit_submissions)
 from api.queue import Publisher, publish_and_mark
 from api.schemas import (JOB_EXAMPLES, Artifact, ArtifactsPublic, JobCreate, JobPublic, JobsPublic,
                          JobSummary, MetricsPublic, errors)
@@ -48,8 +48,8 @@ def summary_fields(job: Job, settings: Settings) -> dict[str, Any]:
     return {"id": job.id, "name": job.name, "tags": job.tags or [], "priority": job.priority,
             "queue": job.queue, "status": job.status, "attempt": job.attempt, "progress": job.progress or {},
             "co": job.co, "error": error, "final": final, "created_at": job.created_at,
-            "updated_at": job.updated_at or job.created_at, "started_at": job.started_at,
-            "finished_at": job.finished_at}
+            "updated_at": job.updated_at or job.created_at, "change_cursor": change_cursor(job.change_seq),
+            "started_at": job.started_at, "finished_at": job.finished_at}
 
 
 def to_public(job: Job, settings: Settings) -> JobPublic:
@@ -98,15 +98,17 @@ def create_job(body: Annotated[JobCreate, Body(openapi_examples=JOB_EXAMPLES)], 
 
 @router.get("", response_model=JobsPublic, summary="List the team's jobs")
 def read_jobs(key: CurrentKey, session: SessionDep, settings: SettingsDep, window: ChangeWindowDep,
+              changed_after: ChangedAfterDep,
               status_: Annotated[JobStatus | None,
                                  Query(alias="status")] = None,
               tag: Annotated[str | None, Query(max_length=100)] = None,
               limit: Annotated[int, Query(ge=1, le=200)] = 50, offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
               ) -> Any:
-    """List the team's jobs, newest first, without their specs; ``count`` is every match, not the page."""
+    """List the team's jobs, newest first (with ``changed_after``: oldest change first), without their specs;
+    ``count`` is every match, not the page."""
     team = None if key.role == "admin" else key.team
-    jobs, count = crud.list_jobs(session, team, status_, tag, limit, offset,
-                                 created_after=window.created_after, updated_after=window.updated_after)
+    jobs, count = crud.list_jobs(session, team, status_, tag, limit, offset, created_after=window.created_after,
+                                 updated_after=window.updated_after, changed_after=changed_after)
     return JobsPublic(data=[JobSummary(**summary_fields(job, settings)) for job in jobs], count=count)
 
 
@@ -217,10 +219,13 @@ def read_artifact(job: OwnedJob, settings: SettingsDep, request: Request, name: 
 
 
 def _artifact(settings: Settings, job: Job, name: str) -> Path | None:
-    """A whitelisted file inside the job's own folder (a link out of the folder does not count)."""
+    """A whitelisted file of the run folder of the attempt the job row names (an older attempt that lost its
+    lease writes only its own folder); a link out of the folder does not count. Jobs from before per-attempt
+    folders kept their files in the job's folder itself."""
     if name not in ARTIFACTS:
         return None
-    path = paths.safe_join(settings.artifacts / job.id, name)
+    folder = settings.attempt_folder(job.id, job.attempt)
+    path = paths.safe_join(folder if folder.is_dir() else settings.artifacts / job.id, name)
     try:
         return path if path is not None and path.is_file() else None
     except OSError:  # name too long, permissions: the same 404

@@ -50,6 +50,9 @@ Scenarios (test name prefix: what is checked):
 - R14 ``test_r14``: one spec run straight, and again with its pool child SIGKILLed after epoch 2 and resumed:
   identical metric rows, losses included, and bit-equal final weights (``torch.equal`` over the state dicts
   of both final checkpoints, loaded with ``weights_only=True``). Independent of the other tests.
+- R16 ``test_r16``: a SIGSTOPped attempt 1 wakes up after attempt 2 (on a second worker) finished the job:
+  it writes only its own run folder (``COSCOPE_HOME/artifacts/<job>/attempt-<n>``); attempt 2's files and what
+  the API serves are unchanged, byte for byte.
 - R15 ``test_r15``: importing ``worker.celery_app`` and ``worker.tasks`` loads no torch, and the live Celery
   parent, after many jobs, maps no libtorch.
 - S15 ``test_s15`` (distributed only): a pickled ``coscope.run_job`` message on the real Redis queue is
@@ -807,9 +810,9 @@ def test_r14_killed_and_resumed_run_ends_with_the_weights_of_an_uninterrupted_ru
     assert second[0]["data"]["step"] >= 2 * 8, second[0]  # resumed from the checkpoint, not from step 0
     chaos.settle("R14 killed after epoch 2 and resumed", resumed["id"])
 
-    artifacts = stack.settings().artifacts
-    weights = [torch.load(artifacts / job["id"] / "checkpoint.pt", map_location="cpu", weights_only=True)
-               for job in (resumed, straight)]
+    settings = stack.settings()
+    weights = [torch.load(settings.attempt_folder(job["id"], attempt) / "checkpoint.pt", map_location="cpu",
+                          weights_only=True) for job, attempt in ((resumed, 2), (straight, 1))]
     assert weights[0]["state"]["step"] == weights[1]["state"]["step"] == steps
     models = [checkpoint["model"] for checkpoint in weights]
     assert models[0].keys() == models[1].keys() and models[0]
@@ -821,6 +824,38 @@ def test_r14_killed_and_resumed_run_ends_with_the_weights_of_an_uninterrupted_ru
     strip = [[{k: v for k, v in row.items() if k != "_attempt"} for row in job_rows] for job_rows in rows]
     assert [row["step"] for row in strip[0] if row["kind"] == "train"] == list(range(1, steps + 1))
     assert strip[0] == strip[1]  # every train, epoch and monitor row, losses included, bit for bit
+
+
+def test_r16_a_paused_attempt_that_wakes_up_after_its_successor_finished_overwrites_no_file(chaos):
+    """Issue 23 item 3: attempt 1's pool child is SIGSTOPped mid-job; its lease runs out, the reconciler
+    requeues the job and a second worker finishes it as attempt 2. Then attempt 1 is SIGCONTed: it trains on
+    and checkpoints until its next fenced write fails, but only into its own folder; every file clients read
+    (and a resume would load) is attempt 2's, byte for byte."""
+    stack, api, parent = chaos.stack, chaos.api, chaos.worker
+    job = api.submit(resume_spec())
+    wait_epoch(chaos, job["id"], 1)
+    child = int(job_row(stack, job["id"])["lease_owner"].rsplit(":", 1)[1])
+    assert child in child_pids(parent.pid)
+    os.kill(child, signal.SIGSTOP)
+    second = stack.start_worker(queues="cpu", ready=True)
+    try:
+        final = api.wait_finished(job["id"], timeout=300)
+        assert (final["status"], final["attempt"]) == ("succeeded", 2), final
+        folder = stack.settings().attempt_folder(job["id"], 2)
+        before = {path.name: path.read_bytes() for path in folder.iterdir() if path.is_file()}
+        old = stack.settings().attempt_folder(job["id"], 1)
+        old_checkpoint = (old / "checkpoint.pt").read_bytes()
+        os.kill(child, signal.SIGCONT)
+        wait_until(lambda: (old / "checkpoint.pt").read_bytes() != old_checkpoint, 120,
+                   "the woken attempt 1 to write its own checkpoint")
+        time.sleep(QUIET_SECONDS)
+        assert {path.name: path.read_bytes() for path in folder.iterdir() if path.is_file()} == before
+        served = api.http.get(f"/v1/jobs/{job['id']}/artifacts/report.json")
+        assert served.status_code == 200 and served.content == before["report.json"]
+        assert api.job(job["id"])["attempt"] == 2
+    finally:
+        stack.stop(second, signal.SIGTERM, timeout=120)
+    chaos.settle("R16 paused attempt woke up", job["id"])
 
 
 def test_r15_worker_parent_never_imports_torch(chaos):

@@ -57,7 +57,7 @@ def test_the_runner_claims_and_finishes_a_dry_run_once(tmp_path):
     with session_scope(settings.database) as session:
         job = session.get(Job, job_id)
         assert (job.status, job.attempt, job.report["dry_run"]) == ("succeeded", 1, True)
-    assert json.loads((settings.artifacts / job_id / "report.json").read_text()) == job.report
+    assert json.loads((settings.attempt_folder(job_id, 1) / "report.json").read_text()) == job.report
 
 
 def test_the_runner_fails_a_dry_run_whose_folder_is_missing(tmp_path):

@@ -109,6 +109,26 @@ def test_artifacts_serve_only_known_files_of_the_job(client, settings, name):
     assert client.get(f"/v1/jobs/{job['id']}/artifacts", headers=headers).json() == {"data": []}
 
 
+def test_artifacts_come_from_the_attempt_the_job_row_names(client, settings):
+    """Issue 23 item 3: an older attempt that lost its lease may still write its own folder; never served."""
+    from store import crud
+    from store.db import session_scope
+
+    headers = _key(settings)
+    job = client.post("/v1/jobs", json={"spec": SPEC}, headers=headers).json()
+    with session_scope(settings.database) as session:
+        for attempt in (1, 2):  # attempt 1's lease runs out at once; attempt 2 takes the job over
+            assert crud.claim(session, job["id"], f"w{attempt}", 0.0 if attempt == 1 else 60, 3).attempt == attempt
+    for attempt, text in ((1, b"zombie"), (2, b"current")):
+        folder = settings.attempt_folder(job["id"], attempt)
+        folder.mkdir(parents=True)
+        (folder / "summary.md").write_bytes(text)
+    response = client.get(f"/v1/jobs/{job['id']}/artifacts/summary.md", headers=headers)
+    assert (response.status_code, response.content) == (200, b"current")
+    assert client.get(f"/v1/jobs/{job['id']}/artifacts", headers=headers).json() == {
+        "data": [{"name": "summary.md", "size": len(b"current")}]}
+
+
 def test_report_before_success_is_404(client, settings):
     headers = _key(settings)
     job = client.post("/v1/jobs", json={"spec": SPEC}, headers=headers).json()
