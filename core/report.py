@@ -22,11 +22,13 @@ def write_run_summary(out: Path, report: dict[str, Any], history: list[dict[str,
     the verdict line ("code: sentence")."""
     verdict, text = judge(report, history)
     (out / "report.json").write_text(json.dumps(report, indent=2))
-    summary_verdict = f"`{verdict.code}`: {text}" if verdict else text
+    code = (report.get("co") or {}).get("verdict")  # a rescued run's code is not its last stretch's
+    summary_verdict = f"`{code}`: {text}" if verdict else text
     (out / "summary.md").write_text(summary_markdown(report, summary_verdict))
+    rescues = ((report.get("co") or {}).get("rescue") or {}).get("rescues") or []
     plot_curves(history, out / "curves.png", verdict.onset if verdict and verdict.code == "co" else None,
-                final=report.get("final"))
-    return f"{verdict.code}: {text}" if verdict else text
+                final=report.get("final"), rescues=[rescue["at_step"] for rescue in rescues])
+    return f"{code}: {text}" if verdict else text
 
 
 def judge(report: dict[str, Any], history: list[dict[str, Any]]) -> tuple[Verdict | None, str]:
@@ -44,7 +46,33 @@ def judge(report: dict[str, Any], history: list[dict[str, Any]]) -> tuple[Verdic
     verdict = run_verdict(report, monitor, JobSpec.model_validate(report["spec"]))
     text = verdict_text(verdict, monitor)
     co.update(verdict_fields(verdict), verdict_text=text)
+    if rescues := (co.get("rescue") or {}).get("rescues"):
+        text = _rescued(co, rescues, verdict)
     return verdict, text
+
+
+def _rescued(co: dict[str, Any], rescues: list[dict[str, Any]], after: Verdict) -> str:
+    """A rescued run's verdict is ``co`` (CO began; the rescue is what followed), with the first trigger as the
+    onset and how the run ended after the last rescue as ``co.rescue.after``; returns the sentence."""
+    first, last = rescues[0], rescues[-1]
+    ended_collapsed = after.code == "co" and after.onset is not None and after.onset.onset_step > last["at_step"]
+    co["rescue"]["after"] = {"verdict": "co" if ended_collapsed else "no_co",
+                             "onset_step": after.onset.onset_step if ended_collapsed else None}
+    co.update(detected=True, verdict="co", onset_step=first["onset_step"], confirmed_step=first["confirmed_step"],
+              confirmed_by="next_check", rule={"name": first["rule"]})
+    actions = "; ".join(
+        f"rescue {r['number']} at step {r['at_step']}: the best-robust weights of step {r['weights_from_step']} "
+        f"(monitor PGD {percent(r['best_monitor_pgd_accuracy'])}) and their optimizer state restored, training "
+        f"went on with {r['method']} (alpha {r['alpha']:g}/255"
+        + (f", noise {r['noise_magnitude']:g}/255" if r["noise_magnitude"] else "")
+        + (f", learning rate x {r['lr_scale']:g}" if r["lr_scale"] != 1 else "") + ")" for r in rescues)
+    outcome = (f"it collapsed again at step {after.onset.onset_step}" if ended_collapsed else
+               f"it did not collapse again (monitor PGD accuracy ended at {percent(after.last['pgd_accuracy'])})")
+    text = (f"Catastrophic overfitting began at step {first['onset_step']} (the {first['rule']} rule, confirmed at "
+            f"step {first['confirmed_step']}: monitor PGD {percent(first['evidence']['pgd_accuracy'])}, FGSM "
+            f"{percent(first['evidence']['fgsm_accuracy'])}) and was rescued; {actions}. After the rescue {outcome}.")
+    co["verdict_text"] = text
+    return text
 
 
 def run_verdict(report: dict[str, Any], monitor: list[dict[str, Any]], spec: JobSpec) -> Verdict:
@@ -149,7 +177,7 @@ def _per_class_table(final: dict[str, Any]) -> list[str]:
 
 
 def plot_curves(history: list[dict[str, Any]], path: Path, onset: Onset | None = None,
-                final: dict[str, Any] | None = None) -> None:
+                final: dict[str, Any] | None = None, rescues: list[int] | tuple[int, ...] = ()) -> None:
     """Training curves; with monitor rows also clean/FGSM/PGD accuracy, gradient alignment and linearity
     error against steps, with the onset marked; the final PGD (and AutoAttack) test accuracies at the last
     step."""
@@ -185,6 +213,8 @@ def plot_curves(history: list[dict[str, Any]], path: Path, onset: Onset | None =
         axis.grid(alpha=0.3)
         if onset is not None:
             axis.axvline(onset.onset_step, color="red", linestyle="--", linewidth=1, label="CO onset")
+        for number, step in enumerate(rescues):
+            axis.axvline(step, color="green", linestyle=":", linewidth=1.5, label="CO rescue" if not number else None)
         if axis.get_legend_handles_labels()[0]:
             axis.legend(loc="best", fontsize=8)
     figure.tight_layout()

@@ -125,6 +125,17 @@ class EvaluationSpec(_Section):
     # epsilon (Croce & Hein 2020), on the same class-stratified images as the PGD evaluation
 
 
+class RescueSpec(_Section):
+    """What ``monitor.co_policy: rescue`` does at a confirmed onset (online rule, core/co.py): restore the
+    best-robust weights and their optimizer state, then train the remaining steps with ``method``."""
+
+    trigger: Literal["confirmed_onset"] = "confirmed_onset"  # leading indicators: only once measured earlier
+    method: Literal["n_fgsm", "grad_align", "fgsm"] = "n_fgsm"  # at the run's epsilon; N-FGSM with its defaults
+    fgsm_step_fraction: float = Field(0.5, gt=0.0, le=1.0)  # method fgsm: step alpha = this x epsilon
+    lr_scale: float = Field(1.0, gt=0.0, le=1.0)  # the remaining learning rates times this
+    max_rescues: int = Field(1, ge=1, le=10)  # further confirmed onsets after the last rescue are reported only
+
+
 class MonitorSpec(_Section):
     """Catastrophic-overfitting monitor: what is measured, how often, and the onset rule (core/co.py).
 
@@ -165,7 +176,9 @@ class MonitorSpec(_Section):
     curvature_every_epochs: int = Field(0, ge=0, le=1000)  # top input-Hessian eigenvalue cadence; 0 = off
     curvature_iterations: int = Field(20, ge=1, le=1000)  # power-iteration steps
     curvature_subspace: Literal["full", "carrier", "complement"] = "full"  # span(V), span(V)-perp or all
-    co_policy: Literal["report", "stop", "continue"] = "report"  # what the trainer does at a confirmed onset
+    co_policy: Literal["report", "stop", "continue", "rescue"] = "report"  # what the trainer does at a confirmed
+    # onset; rescue: restore the best-robust weights and optimizer state, go on with a safer attack (``rescue``)
+    rescue: RescueSpec = RescueSpec()
 
 
 class JobSpec(_Section):
@@ -205,15 +218,22 @@ class JobSpec(_Section):
         """Stable digest of the resolved spec, stored in checkpoints to refuse a resume with another spec.
         Fields added later (``dry_run``, ``training.max_steps``, ``training.deterministic``) count only when
         set: specs (and checkpoints) from before them keep their digest. ``monitor.never_robust_margin`` only reads the
-        stored checks, so a resume may change it."""
+        stored checks, so a resume may change it; so do the signature's thresholds unless a policy acts on the
+        onset (``stop``, ``rescue``), and ``monitor.rescue`` unless the policy is ``rescue``."""
         unset: dict[str, Any] = {}
         if not self.dry_run:
             unset["dry_run"] = True
         unset["training"] = {name for name, default in (("max_steps", None), ("deterministic", False))
                              if getattr(self.training, name) == default}
         unset["monitor"] = {"never_robust_margin"}  # reads the stored checks, trains nothing: never counted
-        blob = json.dumps(self.resolved().model_dump(mode="json", exclude=unset), sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()
+        data = self.resolved().model_dump(mode="json", exclude=unset)
+        monitor = data["monitor"]
+        if self.monitor.co_policy != "rescue":  # read only by the rescue policy
+            del monitor["rescue"]
+        if self.monitor.co_policy in ("report", "continue"):  # the signature then only reads the stored checks:
+            del monitor["signature_gap"], monitor["signature_ratio"]  # digests from before issue 21 still hold,
+            monitor["min_gap"] = 0.30  # with the default of the field the signature retired
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
 def load_spec_file(path: str) -> JobSpec:

@@ -75,6 +75,9 @@ class TrainState:
     best_epoch: int | None = None
     onset: dict[str, Any] | None = None  # core.co.Onset.to_dict() once confirmed
     stopped_early: bool = False  # co_policy 'stop' fired and the best weights were restored
+    rescues: list[dict[str, Any]] = field(default_factory=list)  # co_policy 'rescue': what each one did
+    rescue_method: str | None = None  # the training method since the last rescue (None: the spec's)
+    watch_from_step: int = 0  # the online rule reads the checks after this step (the last rescue)
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -245,6 +248,7 @@ class _Run:
         self.state = TrainState()
         self.sums = torch.zeros(2, len(SUM_SLOTS), dtype=torch.float64, device=device)  # EPOCH, INTERVAL rows
         self.metrics = _MetricsFile(out / "metrics.jsonl", self.state.history)
+        self._rescued_training: TrainingSpec | None = None  # built at the first step after a rescue
 
     # ---- Checkpoints ---------------------------------------------------------------------------
     def save(self) -> None:
@@ -314,10 +318,12 @@ class _Run:
             images = augment(images.float(), self.generator).round_().to(torch.uint8)
         x = self.transform(images, y).contiguous(memory_format=self.memory_format)
         lr, momentum = lr_and_momentum(t.lr_schedule, state.step, self.total_steps, t.lr_max, t.momentum)
+        if state.rescues:  # the remaining learning rates, scaled at the rescue
+            lr *= self.spec.monitor.rescue.lr_scale
         for group in self.optimizer.param_groups:
             group["lr"], group["momentum"] = lr, momentum
         with autocast(self.device, t.precision):
-            self.sums += train_step(self.model, self.optimizer, x, y, t, self.generator)
+            self.sums += train_step(self.model, self.optimizer, x, y, self._training_now(), self.generator)
         state.step, state.batch, state.images_seen = state.step + 1, state.batch + 1, state.images_seen + len(y)
         if state.step % t.log_every == 0:
             row = _rates(self.sums[INTERVAL], kind="train", epoch=state.epoch, step=state.step, lr=lr,
@@ -380,10 +386,12 @@ class _Run:
         self._record(row, "monitor")
         if state.onset is None and row["pgd_accuracy"] > state.best_pgd_accuracy:
             state.best_pgd_accuracy, state.best_step, state.best_epoch = row["pgd_accuracy"], state.step, state.epoch
-            checkpoint.save_atomic({"spec_sha256": self.spec.sha256(), "step": state.step,
-                                    "model": self.model.state_dict()}, self.out / BEST_CHECKPOINT)
+            best = {"spec_sha256": self.spec.sha256(), "step": state.step, "model": self.model.state_dict()}
+            if settings.co_policy == "rescue":  # a rescue continues from these weights with their momentum
+                best["optimizer"] = self.optimizer.state_dict()
+            checkpoint.save_atomic(best, self.out / BEST_CHECKPOINT)
         if state.onset is None:
-            rows = monitor_rows(state.history)
+            rows = [row for row in monitor_rows(state.history) if row["step"] > state.watch_from_step]
             onset = detect_onset(rows, settings)
             if onset is not None:
                 state.onset = onset.to_dict()
@@ -394,6 +402,43 @@ class _Run:
                     self._load_best()
                     state.stopped_early = True
                     self.save()
+                elif settings.co_policy == "rescue" and len(state.rescues) < settings.rescue.max_rescues:
+                    self._rescue(onset)
+
+    def _rescue(self, onset: Onset) -> None:
+        """Restore the best-robust weights and optimizer state, switch the attack (``monitor.rescue``), record
+        what was done, and checkpoint, so that a resumed attempt goes on from the rescued state."""
+        state, rescue = self.state, self.spec.monitor.rescue
+        best = checkpoint.load(self.out / BEST_CHECKPOINT, self.device, self.spec.sha256())
+        self.model.load_state_dict(best["model"])
+        self.optimizer.load_state_dict(best["optimizer"])
+        state.rescue_method = rescue.method
+        self._rescued_training = None
+        training = self._training_now()
+        record = {"number": len(state.rescues) + 1, "trigger": rescue.trigger, "at_step": state.step,
+                  "epoch": state.epoch, "onset_step": onset.onset_step, "confirmed_step": onset.confirmed_step,
+                  "rule": onset.rule["name"],
+                  "evidence": {key: onset.after[key] for key in ("pgd_accuracy", "fgsm_accuracy", "clean_accuracy")},
+                  "weights_from_step": best["step"], "best_monitor_pgd_accuracy": state.best_pgd_accuracy,
+                  "method": training.method, "alpha": training.alpha, "noise_magnitude": training.noise_magnitude,
+                  "lr_scale": rescue.lr_scale}
+        state.rescues.append(record)
+        state.onset, state.watch_from_step = None, state.step  # watch the rescued run afresh
+        self.save()
+        self.callbacks.on_event({"type": "co_rescued", **record})
+
+    def _training_now(self) -> TrainingSpec:
+        """The training settings of the next step: the spec's, or after a rescue its method at the run's
+        epsilon (N-FGSM and GradAlign with their defaults, FGSM with a smaller step)."""
+        if self.state.rescue_method is None:
+            return self.t
+        if self._rescued_training is None:
+            rescue, t = self.spec.monitor.rescue, self.t
+            rescued = JobSpec.model_validate({**self.spec.model_dump(), "training": {
+                **t.model_dump(), "method": rescue.method, "alpha": None, "noise_magnitude": None}}).resolved()
+            alpha = t.epsilon * rescue.fgsm_step_fraction if rescue.method == "fgsm" else rescued.training.alpha
+            self._rescued_training = rescued.training.model_copy(update={"alpha": alpha})
+        return self._rescued_training
 
     def _monitor_row(self, curvature: bool, repeat: bool = False) -> dict[str, Any]:
         assert self.monitor is not None
@@ -486,6 +531,8 @@ def co_section(spec: JobSpec, state: TrainState, monitor: Monitor) -> dict[str, 
         **onset_fields(Onset(**state.onset) if state.onset else None),
         "policy": settings.co_policy,
         "stopped_early": state.stopped_early,
+        **({"rescue": {"rescues": state.rescues, "settings": settings.rescue.model_dump()}}
+           if settings.co_policy == "rescue" else {}),
         "best_checkpoint": {"step": state.best_step, "epoch": state.best_epoch,
                             "monitor_pgd_accuracy": state.best_pgd_accuracy if state.best_step is not None
                             else None, "file": BEST_CHECKPOINT},

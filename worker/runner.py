@@ -22,12 +22,13 @@ from store import crud, webhooks
 from store.db import session_scope
 from store.models import Job
 from store.settings import Settings
+from worker import shutdown
 from worker.mlflow_run import Tracker, open_tracker
 from worker.tracking import TrackedJob
 
 log = logging.getLogger("coscope.worker")
 FLUSH_SECONDS = 1.0  # progress events are batched; epoch, monitor and CO events flush at once
-URGENT_EVENTS = {"epoch", "monitor", "co_onset", "started"}
+URGENT_EVENTS = {"epoch", "monitor", "co_onset", "co_rescued", "started"}
 
 
 class Lease:
@@ -61,7 +62,7 @@ class Lease:
                 log.exception("heartbeat failed for job %s", self.job_id)
 
     def should_stop(self) -> bool:
-        return self.cancel_requested or self.lost
+        return self.cancel_requested or self.lost or shutdown.requested()
 
 
 class Reporter:
@@ -95,13 +96,15 @@ class Reporter:
             self.co = {"detected": event.get("verdict", "co") == "co",
                        **{k: v for k, v in event.items() if k != "type"}}
             self.events.append(("co_onset", self.co))
+        elif kind == "co_rescued":  # monitor.co_policy rescue: what was restored and what trains now
+            self.events.append(("co_rescued", {k: v for k, v in event.items() if k != "type"}))
         elif kind == "finished" and event.get("co") is not None:  # the final verdict, without the indices
             self.co = {k: v for k, v in event["co"].items() if k != "monitor"}
             self.events.append(("co_verdict", self.co))
         if kind in URGENT_EVENTS or time.monotonic() - self.last_flush > FLUSH_SECONDS:
             self.flush()
-        if kind == "co_onset" and not self.lease.lost:  # recorded: tell the callback, off the training thread
-            webhooks.notify_in_background(self.settings, self.job_id, "job.co_onset")
+        if kind in ("co_onset", "co_rescued") and not self.lease.lost:  # recorded: tell the callback, off the
+            webhooks.notify_in_background(self.settings, self.job_id, f"job.{kind}")  # training thread
 
     def _progress(self, event: dict[str, Any]) -> None:
         step, total = event["step"], event["total_steps"]
@@ -172,6 +175,14 @@ def _execute(settings: Settings, job_id: str, attempt: int, spec_data: Any, leas
         reporter.flush()
         if lease.lost:
             return "stale"
+        if not lease.cancel_requested and shutdown.requested():  # a warm shutdown: checkpointed, hand it back
+            try:
+                with session_scope(settings.database) as session:
+                    crud.hand_back(session, job_id, attempt)
+            except crud.StaleAttempt:
+                return "stale"
+            log.info("job %s handed back to the queue at its checkpoint (worker shutdown)", job_id)
+            return "handed_back"
         status = "cancelled"
     except DivergedError as error:  # deterministic: a retry would diverge again
         fields = {"error_code": "diverged", "error_message": str(error)}

@@ -127,7 +127,8 @@ def run_tags(job: TrackedJob, attempt: int) -> dict[str, str]:
 
 
 def verdict_tags(co: dict[str, Any] | None) -> dict[str, str]:
-    """The CO verdict (``core.co`` code) and onset step of a report's (or a live onset event's) CO section."""
+    """The CO verdict (``core.co`` code), onset step and rescues of a report's (or a live onset event's) CO
+    section."""
     if not co:
         return {}
     tags = {}
@@ -135,4 +136,7 @@ def verdict_tags(co: dict[str, Any] | None) -> dict[str, str]:
         tags["coscope.co_verdict"] = str(co["verdict"])
     if co.get("onset_step") is not None:
         tags["coscope.co_onset_step"] = str(co["onset_step"])
+    if rescues := (co.get("rescue") or {}).get("rescues"):  # monitor.co_policy rescue
+        tags["coscope.co_rescues"] = str(len(rescues))
+        tags["coscope.co_rescued_at_step"] = str(rescues[0]["at_step"])
     return tags

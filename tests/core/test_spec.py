@@ -1,3 +1,4 @@
+import json
 import math
 from pathlib import Path
 
@@ -119,3 +120,29 @@ def test_paper_examples_are_the_papers_settings():
         assert spec.model.arch == "preact_resnet18" and spec.model.width == 64, name
         assert spec.training.attack_start == "input" and spec.training.last_batch == "drop_small", name
         assert spec.dataset.name == "cifar10" or spec.dataset.normalization == "cifar10", name
+
+
+# digests computed by the spec of commit 42021a5 (before issue 21 retired monitor.min_gap): checkpoints written
+# then must still resume, so a job running across the upgrade keeps its attempt
+DIGESTS_BEFORE_ISSUE_21 = {
+    "{}": "f3429a7a340282bf2f77f9ab2cb326fc844b8bdb5b5e5a7f6c305c64058e3c97",
+    '{"seed": 3, "training": {"epsilon": 12, "max_steps": 5}, "monitor": {"test_images": 100}}':
+        "8f9b589bcbf5221b4eaff202d19aae3ee10262f2bd1d93395cb036705b424970",
+}
+
+
+@pytest.mark.parametrize("spec", DIGESTS_BEFORE_ISSUE_21)
+def test_digests_of_specs_from_before_the_verdict_rework_are_unchanged(spec):
+    assert JobSpec.model_validate(json.loads(spec)).sha256() == DIGESTS_BEFORE_ISSUE_21[spec]
+    stored = {**json.loads(spec), "monitor": {**json.loads(spec).get("monitor", {}), "min_gap": 0.3}}
+    assert JobSpec.model_validate(stored).sha256() == DIGESTS_BEFORE_ISSUE_21[spec]  # the retired field loads
+
+
+def test_rescue_settings_count_in_the_digest_only_under_the_rescue_policy():
+    def digest(**monitor):
+        return JobSpec.model_validate({"monitor": monitor}).sha256()
+
+    assert digest(rescue={"max_rescues": 3}) == digest()
+    assert digest(co_policy="rescue", rescue={"max_rescues": 3}) != digest(co_policy="rescue")
+    assert digest(signature_gap=0.2) == digest()  # read from the stored checks only
+    assert digest(co_policy="stop", signature_gap=0.2) != digest(co_policy="stop")  # it decides when to stop

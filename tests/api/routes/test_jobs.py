@@ -37,6 +37,10 @@ def test_create_job_returns_the_queued_job_with_the_resolved_spec(client, settin
     ({"spec": {"training": {"epsilon": -1}}}, ["body", "spec", "training", "epsilon"]),
     ({"spec": {"training": {"method": "free"}}}, ["body", "spec", "training", "method"]),
     ({"spec": {"trainin": {}}}, ["body", "spec", "trainin"]),
+    ({"spec": {"monitor": {"co_policy": "rescue", "rescue": {"max_rescues": 0}}}},
+     ["body", "spec", "monitor", "rescue", "max_rescues"]),
+    ({"spec": {"monitor": {"co_policy": "rescue", "rescue": {"method": "pgd"}}}},
+     ["body", "spec", "monitor", "rescue", "method"]),
     ({"spec": SPEC, "priority": 99}, ["body", "priority"]),
     ({}, ["body", "spec"]),
 ])
