@@ -1,10 +1,9 @@
-"""A sweep's table and heatmap, built from its children's reports (pure functions: no store, no torch).
+"""A sweep's table, built from its children's reports (pure functions: no store, no torch); its heatmap is
+drawn from the same cells by ``api.heatmap``.
 
 Per cell, over the seeds whose child succeeded: final clean and robust accuracy as mean and sample standard
 deviation (``std`` is null below two values), each seed's CO verdict (``core.co`` codes; null until the child
-succeeded), how many collapsed, and the onset step over the collapsed seeds. matplotlib is imported only when
-the heatmap is drawn (``heatmap_png``), with its object API (no pyplot state), so concurrent requests are
-safe.
+succeeded), how many collapsed, and the onset step over the collapsed seeds.
 """
 
 from __future__ import annotations
@@ -104,67 +103,3 @@ def co_text(cell: dict[str, Any]) -> str:
     where = f" @ {onset['mean']:.0f}" if onset else ""
     share = "" if co["collapsed"] == co["measured"] else f"{co['collapsed']}/{co['measured']} "
     return f"{share}CO{where}"
-
-
-def _percent(value: dict[str, Any] | None) -> str:
-    if value is None:
-        return "-"
-    spread = f"\n±{100 * value['std']:.1f}" if value.get("std") is not None else ""
-    return f"{100 * value['mean']:.1f}{spread}"
-
-
-def heatmap_png(axes: Axes, cells: Sequence[dict[str, Any]], title: str) -> bytes:
-    """Robust accuracy, clean accuracy and CO onset over the first two axes (rows: the first axis, columns:
-    the second; a single-axis sweep is one row), one row of panels per combination of any further axes.
-    Cells are annotated; unmeasured ones are blank."""
-    from matplotlib.figure import Figure
-
-    row_axis = axes[0]
-    col_axis = axes[1] if len(axes) > 1 else ("", [""])
-    rest = axes[2:]
-    facets = grid_cells(rest) if rest else [{}]
-    nrows, ncols = len(row_axis[1]), len(col_axis[1])
-    width = 3 * max(2.4, 0.9 * ncols + 1.2)
-    height = max(2.4, 0.55 * nrows + 1.4)
-    figure = Figure(figsize=(width, height * len(facets) + 0.4), layout="constrained")
-    figure.suptitle(title, fontsize=10)
-    grid = figure.subplots(len(facets), 3, squeeze=False)
-    index = {tuple(cell["params"].values()): cell for cell in cells}
-    panels = (("robust accuracy (%)", lambda c: _mean(c["robust_accuracy"]),
-               lambda c: _percent(c["robust_accuracy"]), "viridis"),
-              ("clean accuracy (%)", lambda c: _mean(c["clean_accuracy"]), lambda c: _percent(c["clean_accuracy"]),
-               "viridis"),
-              ("CO (share of seeds)", _co_share, co_text, "Reds"))
-    for facet_row, facet in zip(grid, facets, strict=True):
-        for axis, (name, value_of, text_of, colours) in zip(facet_row, panels, strict=True):
-            values = [[math.nan] * ncols for _ in range(nrows)]
-            for i, row_value in enumerate(row_axis[1]):
-                for j, col_value in enumerate(col_axis[1]):
-                    key = (row_value, col_value, *facet.values()) if len(axes) > 1 else (row_value,)
-                    cell = index.get(key)
-                    if cell is None:
-                        continue
-                    value = value_of(cell)
-                    values[i][j] = math.nan if value is None else value
-                    dark = value is not None and (value < 0.5 if colours == "viridis" else value > 0.6)
-                    axis.text(j, i, text_of(cell), ha="center", va="center", fontsize=7,
-                              color="white" if dark else "black")
-            axis.imshow(values, cmap=colours, vmin=0.0, vmax=1.0, aspect="auto")
-            facet_name = ", ".join(f"{path}={value}" for path, value in facet.items())
-            axis.set_title(f"{name}{' | ' + facet_name if facet_name else ''}", fontsize=8)
-            axis.set_yticks(range(nrows), [str(v) for v in row_axis[1]], fontsize=7)
-            axis.set_ylabel(row_axis[0], fontsize=8)
-            axis.set_xticks(range(ncols), [str(v) for v in col_axis[1]], fontsize=7)
-            axis.set_xlabel(col_axis[0], fontsize=8)
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110)
-    return buffer.getvalue()
-
-
-def _mean(value: dict[str, Any] | None) -> float | None:
-    return None if value is None else value["mean"]
-
-
-def _co_share(cell: dict[str, Any]) -> float | None:
-    co = cell["co"] or {}
-    return co["collapsed"] / co["measured"] if co.get("measured") else None

@@ -273,7 +273,7 @@ class CoscopeClient:
             time.sleep(self.backoff)
 
     def download_sweep(self, sweep_id: str, name: str, dest: Path) -> Path:
-        """``heatmap.png``, ``table.csv`` or ``table.json`` of a sweep, like ``download``."""
+        """``heatmap.svg``, ``table.csv`` or ``table.json`` of a sweep, like ``download``."""
         return self._download(_sweep_path(sweep_id, "artifacts", name), name, dest)
 
     # ``list`` last: in the class body it shadows the builtin for everything defined after it.

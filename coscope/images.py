@@ -10,11 +10,14 @@ RUN step that could keep a mount point, so nothing of this machine ends up in an
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -24,11 +27,60 @@ PYTHON = os.environ.get("COSCOPE_BASE_PYTHON", "python3.11")  # a bare Debian im
 REDIS_IMAGE = os.environ.get("COSCOPE_TEST_REDIS_IMAGE", "localhost/coscope-test-redis:bookworm")
 POSTGRES_IMAGE = os.environ.get("COSCOPE_TEST_POSTGRES_IMAGE", "localhost/coscope-test-postgres:bookworm")
 PYPI = "https://pypi.org/simple"
+SYSTEM_CONF = Path("/etc/containers/containers.conf")
+# What .ci/run writes into SYSTEM_CONF, given per invocation where no containers.conf exists: runc (crun
+# refuses a hybrid cgroup layout) and ulimits that a machine which is itself a container can grant
+RUNTIME = "runc"
+ULIMITS = ("nofile=20000:20000", "nproc=4096:4096")
+STARTS_CONTAINERS = ("run", "create", "build")  # the commands that take --ulimit
+
+
+@dataclass(frozen=True)
+class PodmanSetup:
+    """What every podman invocation adds: the runtime (a global option; ``build`` has its own of the same
+    name, which takes it there) and the ulimits of the commands that start containers; or why podman cannot
+    run the container test here."""
+
+    runtime: str | None = None
+    ulimits: tuple[str, ...] = ()
+    problem: str | None = None
+
+    def command(self, *args: str) -> list[str]:
+        """The argument vector of ``podman ARGS`` with this setup."""
+        head = ["podman", *(["--runtime", self.runtime] if self.runtime else [])]
+        if args and args[0] in STARTS_CONTAINERS:
+            limits = [option for limit in self.ulimits for option in ("--ulimit", limit)]
+            return [*head, args[0], *limits, *args[1:]]
+        return [*head, *args]
+
+
+def podman_setup(env: Mapping[str, str], exists: Callable[[Path], bool],
+                 which: Callable[[str], str | None]) -> PodmanSetup:
+    """Nothing to add where a containers.conf configures podman (``CONTAINERS_CONF``, SYSTEM_CONF or the
+    user's own): its owner chose. Otherwise, as on a machine where someone installed podman and nothing else,
+    runc and ULIMITS on every invocation (what .ci/run would have written), or, without runc, the reason."""
+    config_home = Path(env.get("XDG_CONFIG_HOME") or Path(env.get("HOME", "/")) / ".config")
+    found = [Path(env["CONTAINERS_CONF"])] if env.get("CONTAINERS_CONF") else []
+    if any(exists(path) for path in [*found, SYSTEM_CONF, config_home / "containers" / "containers.conf"]):
+        return PodmanSetup()
+    runc = which(RUNTIME)
+    if runc is None:
+        return PodmanSetup(problem=f"podman has no {SYSTEM_CONF} and {RUNTIME} is not installed: the "
+                                   f"container test runs containers with {RUNTIME} (apt-get install "
+                                   f"{RUNTIME}), or write {SYSTEM_CONF} as .ci/run does")
+    return PodmanSetup(runtime=runc, ulimits=ULIMITS)
+
+
+@functools.cache
+def setup() -> PodmanSetup:
+    """This machine's ``podman_setup``, found once per process."""
+    return podman_setup(os.environ, Path.exists, shutil.which)
 
 
 def podman(*args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
-    """``podman ARGS``, output captured; with ``check``, a failure raises with podman's own message."""
-    result = subprocess.run(["podman", *args], capture_output=True, text=True, timeout=timeout)
+    """``podman ARGS`` (with ``setup()``), output captured; with ``check``, a failure raises with podman's own
+    message."""
+    result = subprocess.run(setup().command(*args), capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
         raise RuntimeError(f"podman {' '.join(args[:3])} ... failed: {result.stderr.strip()[-2000:]}")
     return result
@@ -98,8 +150,8 @@ def build(dockerfile: str, tag: str, *build_args: str, context: Path = ROOT, no_
         if no_cache:
             options.append("--no-cache")
         started = time.perf_counter()
-        result = subprocess.run(["podman", "build", *options, "-f", str(context / dockerfile), "-t", tag,
-                                 str(context)], capture_output=True, text=True, timeout=3600)
+        result = subprocess.run(setup().command("build", *options, "-f", str(context / dockerfile), "-t", tag,
+                                                str(context)), capture_output=True, text=True, timeout=3600)
         seconds = time.perf_counter() - started
     if result.returncode != 0:
         raise RuntimeError(f"podman build {dockerfile} failed:\n{result.stdout[-4000:]}\n"
@@ -126,7 +178,9 @@ def available() -> str | None:
         return "podman is not installed (.ci/run installs it)"
     if shutil.which("mmdebstrap") is None:
         return "mmdebstrap is not installed (it builds the local base images; .ci/run installs it)"
-    info = subprocess.run(["podman", "info"], capture_output=True, text=True, check=False)
+    if problem := setup().problem:
+        return problem
+    info = subprocess.run(setup().command("info"), capture_output=True, text=True, check=False)
     if info.returncode != 0:
         return f"podman does not work here: {info.stderr.strip()[-300:]}"
     return None

@@ -27,7 +27,7 @@ from coscope.client_cli import (
     print_rows,
 )
 
-ARTIFACTS = ("heatmap.png", "table.csv", "table.json")
+ARTIFACTS = ("heatmap.svg", "table.csv", "table.json")
 
 
 def add_sweep_commands(subparsers: Any) -> None:
@@ -44,7 +44,7 @@ def add_sweep_commands(subparsers: Any) -> None:
     submit.add_argument("--wait", action="store_true", help="follow the children, then print the table")
     submit.add_argument("--idempotency-key", default=None)
     for name, text in (("status", "show a sweep and its table"), ("cancel", "cancel every unfinished child"),
-                       ("download", "write heatmap.png, table.csv and table.json")):
+                       ("download", "write heatmap.svg, table.csv and table.json")):
         command = commands.add_parser(name, help=text)
         command.add_argument("sweep_id", metavar="ID")
         if name == "download":

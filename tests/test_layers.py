@@ -8,8 +8,11 @@ one inside a function included (a lazy import that hides a cycle is still a cycl
 from __future__ import annotations
 
 import ast
+import importlib.metadata
+import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -37,7 +40,7 @@ def loaded_after(code: str, tmp_path: Path) -> set[str]:
 def test_the_api_loads_no_worker_module(tmp_path):
     loaded = loaded_after("import api.main\napi.main.create_app()", tmp_path)
     assert {"api", "store"} <= loaded
-    assert not loaded & {"worker", "coscope", "torch", "mlflow"}
+    assert not loaded & {"worker", "coscope", "torch", "mlflow", "matplotlib"}
 
 
 @pytest.mark.parametrize("module", ["worker.tasks", "worker.runner", "worker.dry_run", "worker.mlflow_run"])
@@ -73,6 +76,28 @@ def imported_packages(path: Path) -> set[str]:
 def test_no_module_imports_a_layer_above_or_beside_its_own(package):
     wrong = {str(path.relative_to(ROOT)): sorted(imported_packages(path) & FORBIDDEN[package])
              for path in sorted((ROOT / package).rglob("*.py"))}
+    assert not {path: names for path, names in wrong.items() if names}
+
+
+def extra_only_modules() -> set[str]:
+    """Import names of what only the ``[worker]`` and ``[mlflow]`` extras install (torch, matplotlib, mlflow,
+    ...): the API image and a plain ``pip install coscope`` have none of them."""
+    optional = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+
+    def name(requirement: str) -> str:
+        return re.split(r"[<>=!~\[; ]", requirement, maxsplit=1)[0].lower().replace("_", "-")
+
+    extras = {name(requirement) for extra in ("worker", "mlflow") for requirement in optional[extra]}
+    installed = importlib.metadata.packages_distributions()
+    return {module for module, dists in installed.items() if {name(dist) for dist in dists} & extras}
+
+
+def test_no_api_module_imports_what_only_the_extras_install():
+    """Issue 23: a lazy ``from matplotlib.figure import Figure`` in api/ failed every heatmap request on the
+    API image. An import anywhere in api/, at any depth, counts."""
+    forbidden = extra_only_modules() | {"matplotlib", "torch", "mlflow"}  # named too, in case not installed
+    wrong = {str(path.relative_to(ROOT)): sorted(imported_packages(path) & forbidden)
+             for path in sorted((ROOT / "api").rglob("*.py"))}
     assert not {path: names for path, names in wrong.items() if names}
 
 

@@ -6,8 +6,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import threading
-from collections import OrderedDict
 from typing import Annotated, Any
 
 from fastapi import (APIRouter, BackgroundTasks, Depends, Header, HTTPException, Path, Query, Request, Response,
@@ -22,9 +20,10 @@ from api import limits, paths, sse, sweep_table
 from api.conditional import conditional
 from api.deps import (ChangeWindowDep, CurrentKey, SessionDep, SettingsDep, get_current_key, get_publisher,
                       limit_submissions)
+from api.heatmap import heatmap_svg
 from api.queue import Publisher, publish_and_mark
 from api.routes.jobs import QUOTA_RETRY_SECONDS, redacted
-from api.schemas import SweepCreate, SweepPublic, SweepsPublic, SweepSummary, errors
+from api.schemas import Problem, SweepCreate, SweepPublic, SweepsPublic, SweepSummary, errors
 from core.cost import default_queue, estimate_cost
 from core.spec import JobSpec, leaf_paths
 from store import crud, sweeps, webhooks
@@ -38,8 +37,7 @@ router = APIRouter(prefix="/v1/sweeps", tags=["sweeps"], dependencies=[Depends(g
 OWNED = errors(404)  # routes of one sweep
 AXIS_PATHS = frozenset(leaf_paths()) - {"version", "seed"}  # seeds are the sweep's own list
 MAX_PROBLEMS = 20  # a grid of bad cells names this many
-ARTIFACTS = ("heatmap.png", "table.csv", "table.json")
-HEATMAP_CACHE = 64  # rendered heatmaps kept per API process, keyed by the table they show
+ARTIFACTS = ("heatmap.svg", "table.csv", "table.json")
 
 
 def get_owned_sweep(session: SessionDep, key: CurrentKey, sweep_id: Annotated[str, Path(max_length=64)]) -> Sweep:
@@ -268,15 +266,19 @@ def _sweep_events(settings: Settings, sweep: Sweep) -> sse.Fetch:
 
 
 @router.get("/{sweep_id}/artifacts/{name}", summary="Download a sweep's heatmap or table",
-            responses={200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}},
+            responses={200: {"content": {"image/svg+xml": {"schema": {"type": "string"}},
                                          "text/csv": {"schema": {"type": "string"}},
                                          "application/json": {"schema": {"type": "object"}}}},
-                       304: {"description": "Not modified (If-None-Match)"}, **OWNED})
+                       304: {"description": "Not modified (If-None-Match)"}, **OWNED,
+                       410: {"model": Problem, "description": "heatmap.png: gone (heatmap.svg instead)"}})
 def read_sweep_artifact(sweep: OwnedSweep, session: SessionDep, request: Request,
                   name: Annotated[str, Path(max_length=20)]) -> Response:
-    """``heatmap.png`` (robust and clean accuracy and CO onset over the first two axes, seeds averaged),
-    ``table.csv`` or ``table.json``: built from the children's reports at each request, so a running sweep
-    shows what has finished so far."""
+    """``heatmap.svg`` (robust and clean accuracy and the share of seeds that collapsed over the first two
+    axes, seeds averaged), ``table.csv`` or ``table.json``: built from the children's reports at each request,
+    so a running sweep shows what has finished so far. ``heatmap.png`` answers 410: the API draws no PNG
+    (its image has no plotting library), and a redirect would hand an SVG to a client that asked for a PNG."""
+    if name == "heatmap.png":
+        raise HTTPException(410, "heatmap.png is no longer served: download heatmap.svg")
     if name not in ARTIFACTS:
         raise HTTPException(404, "Artifact not found")
     _, cells = cell_table(session, sweep)
@@ -287,23 +289,4 @@ def read_sweep_artifact(sweep: OwnedSweep, session: SessionDep, request: Request
         return conditional(request, sweep_table.table_csv(_axes(sweep), cells).encode(), "text/csv",
                            headers={"Content-Disposition": f'attachment; filename="{sweep.id}-table.csv"'})
     title = f"{sweep.name or 'sweep'} ({sweep.id[:8]}): {len(sweep.seeds)} seed(s), means over succeeded seeds"
-    return conditional(request, heatmap(_axes(sweep), cells, title), "image/png")
-
-
-_heatmaps: OrderedDict[str, bytes] = OrderedDict()
-_heatmaps_lock = threading.Lock()
-
-
-def heatmap(axes: list[tuple[str, list[Any]]], cells: list[dict[str, Any]], title: str) -> bytes:
-    """``sweep_table.heatmap_png``, drawn once per distinct table (a dashboard may poll it)."""
-    digest = hashlib.sha256(json.dumps([axes, cells, title], sort_keys=True, default=str).encode()).hexdigest()
-    with _heatmaps_lock:
-        found = _heatmaps.get(digest)
-    if found is None:
-        found = sweep_table.heatmap_png(axes, cells, title)
-    with _heatmaps_lock:
-        _heatmaps[digest] = found
-        _heatmaps.move_to_end(digest)
-        while len(_heatmaps) > HEATMAP_CACHE:
-            _heatmaps.popitem(last=False)
-    return found
+    return conditional(request, heatmap_svg(_axes(sweep), cells, title), "image/svg+xml")

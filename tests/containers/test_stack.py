@@ -9,6 +9,7 @@ The tests run in file order on one stack: the last one stops the API.
 from __future__ import annotations
 
 import json
+from xml.etree import ElementTree
 
 import httpx
 import pytest
@@ -21,6 +22,7 @@ from tests.service.conftest import Api, job_spec
 pytestmark = pytest.mark.containers
 
 FINISHED = ("succeeded", "failed", "cancelled")
+SVG = "{http://www.w3.org/2000/svg}"
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +106,30 @@ def test_a_job_runs_end_to_end_over_http(stack: Stack, api: Api) -> None:
     assert report.status_code == 200 and "co" in report.json()
     curves = api.http.get(f"/v1/jobs/{job['id']}/artifacts/curves.png")
     assert curves.status_code == 200 and curves.content.startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def test_a_sweep_runs_and_the_api_image_draws_its_heatmap(stack: Stack, api: Api) -> None:
+    """Issue 23: the API image has no matplotlib, yet serves the sweep heatmap (an SVG it draws itself),
+    whatever the sweep is called."""
+    result = stack.project.exec("api", "python", "-c", "import matplotlib", check=False)
+    assert result.returncode != 0 and "No module named 'matplotlib'" in result.stderr
+    name = "container <script>&\"' sweep"
+    created = api.http.post("/v1/sweeps", json={"name": name, "spec": job_spec(epochs=1),
+                                                "grid": {"training.epsilon": [2, 8]}, "seeds": [0]})
+    assert created.status_code == 201, created.text
+    sweep = created.json()
+    events = api.events_at(f"/v1/sweeps/{sweep['id']}/events", timeout=300)
+    assert events[-1]["type"] == "sweep_finished" and events[-1]["data"]["status"] == "succeeded", events[-3:]
+
+    url = f"/v1/sweeps/{sweep['id']}/artifacts/heatmap.svg"
+    response = api.http.get(url)
+    assert response.status_code == 200 and response.headers["content-type"] == "image/svg+xml", response.text
+    drawn = ElementTree.fromstring(response.content)
+    assert drawn.find(f"{SVG}title").text.startswith(f"{name} ({sweep['id'][:8]})")
+    cells = [rect for rect in drawn.iter(f"{SVG}rect") if rect.get("class") == "cell"]
+    assert len(cells) == 3 * 2 and all(rect.get("data-value") for rect in cells)  # 3 panels, all measured
+    assert api.http.get(url, headers={"If-None-Match": response.headers["etag"]}).status_code == 304
+    assert api.http.get(f"/v1/sweeps/{sweep['id']}/artifacts/heatmap.png").status_code == 410
 
 
 def test_a_running_job_is_cancelled(api: Api) -> None:

@@ -44,7 +44,7 @@ def test_submit_wait_prints_the_table_of_the_sweep_and_download_writes_its_artif
     assert status.returncode == 0 and lines[header:header + 3] == status.stdout.splitlines()[1:4]
     download = _cli(stack, key, "sweep", "download", sweep_id, "--out", str(tmp_path))
     assert download.returncode == 0, download.stderr
-    assert (tmp_path / f"{sweep_id}-heatmap.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / f"{sweep_id}-heatmap.svg").read_bytes().startswith(b"<svg ")
     assert (tmp_path / f"{sweep_id}-table.csv").read_text().startswith("training.epsilon,clean_accuracy_mean")
     assert sweep_id in _cli(stack, key, "sweep", "list").stdout
 

@@ -44,12 +44,21 @@ class Api:
         return self.events_at(f"/v1/jobs/{job_id}/events", until, timeout)
 
     def events_at(self, path: str, until: str | None = None, timeout: float = 180) -> list[dict]:
-        """Read an SSE stream until it ends or an event of type ``until`` arrives."""
+        """Read an SSE stream until it ends or an event of type ``until`` arrives; fail once ``timeout``
+        seconds have passed. httpx's timeout alone bounds each read, and the server's keep-alive comments
+        (every 15 s) would reset it forever on a stuck job: the deadline is checked at every line, keep-alives
+        included, so the wait ends at most one keep-alive period late (or one read timeout, if the server
+        falls silent)."""
         events: list[dict] = []
-        with self.http.stream("GET", path, timeout=timeout * SLOWNESS) as response:
+        limit = timeout * SLOWNESS
+        deadline = time.monotonic() + limit
+        with self.http.stream("GET", path, timeout=limit) as response:
             assert response.status_code == 200
             current: dict = {}
             for line in response.iter_lines():
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"{path}: the stream did not end within {limit:.0f} s "
+                                         f"(until={until!r}); last events: {events[-3:]}")
                 if line.startswith("id: "):
                     current["id"] = int(line[4:])
                 elif line.startswith("event: "):

@@ -5,6 +5,7 @@ team's sweep does not starve another team's job on the real queue."""
 from __future__ import annotations
 
 import json
+from xml.etree import ElementTree
 
 import pytest
 
@@ -14,6 +15,7 @@ from store.db import session_scope
 from tests.service.conftest import Api, job_spec
 
 GRID = {"training.epsilon": [2, 8], "training.method": ["fgsm", "n_fgsm"]}
+SVG = "{http://www.w3.org/2000/svg}"
 
 
 def test_a_two_by_two_sweep_runs_to_the_end_with_a_table_and_heatmap_of_its_childrens_reports(stack):
@@ -44,8 +46,12 @@ def test_a_two_by_two_sweep_runs_to_the_end_with_a_table_and_heatmap_of_its_chil
         assert cell["co"]["verdicts"] == [{"seed": 0, "verdict": report["co"]["verdict"]}]
     csv_lines = api.http.get(f"/v1/sweeps/{sweep['id']}/artifacts/table.csv").text.splitlines()
     assert csv_lines[0].startswith("training.epsilon,training.method,clean_accuracy_mean") and len(csv_lines) == 5
-    png = api.http.get(f"/v1/sweeps/{sweep['id']}/artifacts/heatmap.png")
-    assert png.status_code == 200 and png.content[:4] == b"\x89PNG" and len(png.content) > 10_000
+    svg = api.http.get(f"/v1/sweeps/{sweep['id']}/artifacts/heatmap.svg")
+    assert svg.status_code == 200 and svg.headers["content-type"] == "image/svg+xml"
+    drawn = ElementTree.fromstring(svg.content)
+    assert drawn.find(f"{SVG}title").text.startswith("grid (")
+    cells = [rect for rect in drawn.iter(f"{SVG}rect") if rect.get("class") == "cell"]
+    assert len(cells) == 3 * 4  # three panels of the 2 x 2 grid
     children = api.http.get("/v1/jobs", params={"tag": f"sweep:{sweep['id']}"}).json()
     assert children["count"] == 4 and {job["status"] for job in children["data"]} == {"succeeded"}
 

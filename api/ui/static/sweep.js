@@ -1,5 +1,6 @@
 // One sweep: status and counts, the heatmap and the per-cell table (children linked), downloads, cancel.
-// Polled while unfinished; the heatmap is redrawn only when a child finished.
+// Polled while unfinished; the heatmap (an SVG the API draws, shown as an <img>, never inserted as markup) is
+// fetched again only when a child finished.
 import {FINISHED, api, apiJSON, countsText, download, h, initShell, percent, setStatus,
   showImage, showMessage} from "./common.js";
 
@@ -47,7 +48,7 @@ async function load() {
   const finished = Object.entries(sweep.counts).filter(([state]) => FINISHED.has(state)).map(([, n]) => n).join();
   if (finished !== shownCounts) {
     const img = document.getElementById("heatmap");
-    if (await showImage(img, `${base}/artifacts/heatmap.png`)) {
+    if (await showImage(img, `${base}/artifacts/heatmap.svg`)) {
       img.alt = `Heatmap of ${sweep.name || "the sweep"}: robust accuracy, clean accuracy and CO onset per cell`;
       shownCounts = finished;
     }
@@ -55,7 +56,7 @@ async function load() {
   if (!SWEEP_FINISHED.has(sweep.status)) setTimeout(() => load().catch(() => setTimeout(load, POLL_MS)), POLL_MS);
 }
 
-for (const [id, name] of [["download-csv", "table.csv"], ["download-json", "table.json"], ["download-png", "heatmap.png"]]) {
+for (const [id, name] of [["download-csv", "table.csv"], ["download-json", "table.json"], ["download-svg", "heatmap.svg"]]) {
   document.getElementById(id).addEventListener("click", () =>
     download(`${base}/artifacts/${name}`, `${sweepId}-${name}`).catch((error) => showMessage("sweep-message", error.message)));
 }

@@ -222,8 +222,8 @@ def test_the_table_and_heatmap_show_the_childrens_reports_seeds_averaged(roomy):
     rows = list(__import__("csv").DictReader(io.StringIO(csv_text)))
     assert float(rows[1]["robust_accuracy_mean"]) == pytest.approx(0.01)
     assert (rows[1]["seeds_co"], rows[1]["onset_step_mean"], rows[3]["seeds_succeeded"]) == ("2", "400.0", "0")
-    png = client.get(f"/v1/sweeps/{sweep['id']}/artifacts/heatmap.png", headers=headers)
-    assert png.headers["content-type"] == "image/png" and png.content[:8] == b"\x89PNG\r\n\x1a\n"
+    svg = client.get(f"/v1/sweeps/{sweep['id']}/artifacts/heatmap.svg", headers=headers)
+    assert svg.headers["content-type"] == "image/svg+xml" and svg.content.startswith(b"<svg ")
     assert client.get(f"/v1/sweeps/{sweep['id']}/artifacts/other.png", headers=headers).status_code == 404
     summary = client.get("/v1/sweeps", headers=headers).json()["data"][0]
     assert (summary["status"], summary["counts"]) == ("running", {"succeeded": 6, "running": 1, "queued": 1})
