@@ -14,7 +14,8 @@ every check as well as the 512 training images, final PGD-50-10 on 500 class-str
 - arms: at each (beta, eps) of --betas x --eps: N-FGSM, GradAlign (lambda 0.2) and PGD-10 against FGSM (B3,
   B6), and at each eps orthogonal injection (beta 4) and the DCT low-pass (b = 16) with FGSM and PGD-10 (B8).
 - corpus: short FGSM runs (5,000 images, 6 epochs) over eps 6-14, plain and beta 8, with the
-  paper's and the He block, for the verdict corpus of bench/verdict_corpus.py (issue 21).
+  paper's and the He block, for the verdict corpus of bench/verdict_corpus.py (issue 21); corpus-w8: the
+  same at width 8 (about a quarter of the CPU time).
 
 Runs land in runs/claims/<name> (CLAIMS_OUT overrides); a finished run is skipped and a checkpointed one
 resumed, so the command can be stopped and started again. `table` prints the markdown of docs/science.md.
@@ -96,17 +97,18 @@ def arm_runs(seeds: list[int], eps: list[int], betas: list[int], **_: object) ->
                     "seed": seed, "intervention": spec_intervention, "training": {"epsilon": e, **training}})
 
 
-def corpus_runs(seeds: list[int], **_: object) -> Iterator[tuple[str, dict]]:
+def corpus_runs(seeds: list[int], width: int = 16, **_: object) -> Iterator[tuple[str, dict]]:
     """Short runs for the verdict corpus (issue 21): 5,000 images, 6 epochs, both residual blocks (the He
     block collapses reliably, docs/ablation.md), plain and beta 8, eps 6 to 14: collapses and controls."""
     small = merged(BASE, {"dataset": {"train_subset": 5000, "test_subset": 500}, "training": {"epochs": 6},
-                          "evaluation": {"test_subset": 200},
+                          "model": {"width": width}, "evaluation": {"test_subset": 200},
                           "monitor": {"train_images": 256, "test_images": 200}})  # checks: most of a CPU run
+    prefix = "corpus" if width == 16 else f"corpus-w{width}"
     for seed in seeds:
         for eps in (12, 8, 10, 14, 6):
             for arch in ("preact_resnet18", "preact_resnet18_he"):
                 for beta in (0, 8):
-                    yield f"corpus-{arch.removeprefix('preact_resnet18').strip('_') or 'paper'}-beta{beta}-" \
+                    yield f"{prefix}-{arch.removeprefix('preact_resnet18').strip('_') or 'paper'}-beta{beta}-" \
                           f"eps{eps}-seed{seed}", merged(small, {
                               "seed": seed, "intervention": intervention(beta), "model": {"arch": arch},
                               "training": {"epsilon": eps}})
@@ -114,7 +116,8 @@ def corpus_runs(seeds: list[int], **_: object) -> Iterator[tuple[str, dict]]:
 
 SMOKE = {"evaluation": {"test_subset": 20, "pgd_steps": 2, "restarts": 1},
          "monitor": {"train_images": 20, "test_images": 20, "indicator_images": 20, "curvature_iterations": 2}}
-GROUPS = {"map": map_runs, "b2full": b2full_runs, "arms": arm_runs, "corpus": corpus_runs}
+GROUPS = {"map": map_runs, "b2full": b2full_runs, "arms": arm_runs, "corpus": corpus_runs,
+          "corpus-w8": lambda **options: corpus_runs(width=8, **options)}
 
 
 def runs_of(args: argparse.Namespace) -> list[tuple[str, dict]]:
