@@ -1,5 +1,5 @@
 """Dependencies: settings, database sessions, the current API key, owned jobs (404 otherwise), and the
-change-window filters of the lists."""
+change-window filters and change cursors of the lists."""
 
 from __future__ import annotations
 
@@ -97,3 +97,21 @@ def change_window(
 
 
 ChangeWindowDep = Annotated[ChangeWindow, Depends(change_window)]
+
+
+def change_cursor(change_seq: int | None) -> str | None:
+    """A job's place in the store's change order (``store.models.Job.change_seq``) as clients see it: an
+    opaque string; None while the change that made it is not committed yet (in the answer to that request)."""
+    return None if change_seq is None else str(change_seq)
+
+
+def changed_after(changed_after: Annotated[str | None, Query(
+        pattern=r"^[0-9]{1,18}$",
+        description="only jobs changed after this cursor (a change_cursor of an earlier answer), oldest "
+                    "change first: poll again with the last entry's change_cursor. Unlike updated_after, "
+                    "no change is skipped, however late it commits or whatever the writing host's clock")
+                  ] = None) -> int | None:
+    return None if changed_after is None else int(changed_after)
+
+
+ChangedAfterDep = Annotated[int | None, Depends(changed_after)]

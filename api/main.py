@@ -1,9 +1,10 @@
-"""The FastAPI application. ``create_app`` wires settings, the publisher, the reconciler, the sweep keeper and
-the limits."""
+"""The FastAPI application. ``create_app`` wires settings, the publisher, the reconciler, the sweep keeper,
+the retention keeper and the limits."""
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -13,6 +14,7 @@ from fastapi.responses import JSONResponse
 
 from api.limits import BodySizeLimit, RateLimiter
 from api.queue import Publisher, Reconciler, SweepKeeper
+from api.retention import RetentionKeeper
 from api.routes import admin, health, jobs, me, sweeps, ui
 from store.db import get_engine
 from store.settings import Settings, get_settings
@@ -26,7 +28,8 @@ def create_app(settings: Settings | None = None, reconcile: bool = True) -> Fast
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         get_engine(settings.database)  # creates the tables on first use
-        threads = [Reconciler(settings, app.state.publisher), SweepKeeper(settings, app.state.publisher)]
+        threads = [Reconciler(settings, app.state.publisher), SweepKeeper(settings, app.state.publisher),
+                   RetentionKeeper(settings)]
         if reconcile:
             for thread in threads:
                 thread.start()
@@ -42,6 +45,7 @@ def create_app(settings: Settings | None = None, reconcile: bool = True) -> Fast
                   description="Adversarial-training jobs with catastrophic-overfitting onset reports. "
                               "Authenticate with `Authorization: Bearer <key>` (`coscope keys create`).")
     app.state.publisher = Publisher(settings)
+    app.state.stopping = threading.Event()  # set as the server's shutdown begins: event streams end (api.sse)
     app.state.limiter = RateLimiter(settings.team_submits_per_minute)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(ui.UiSecurityHeaders)

@@ -100,8 +100,8 @@ class Reconciler(threading.Thread):
 class SweepKeeper(threading.Thread):
     """Every ``sweep_release_seconds``: release sweeps' held children as their teams' quotas allow
     (``store.sweeps.release_held``), write the sweeps' derived status, and send ``sweep.finished`` for the
-    ones that just finished. Safe to run in several API processes: each move and each finish is a
-    conditional update."""
+    ones that just finished. Safe to run in several API processes: the moves are counted under each team's
+    lock (``store.crud.lock_team``), and each move and each finish is a conditional update."""
 
     def __init__(self, settings: Settings, publisher: Publisher) -> None:
         super().__init__(name="coscope-sweep-keeper", daemon=True)

@@ -87,6 +87,9 @@ class JobSummary(BaseModel):
     final: FinalAccuracy | None  # once the job succeeded with a report
     created_at: dt.datetime
     updated_at: dt.datetime | None  # the last change a client can see (lists filter on it: updated_after)
+    # that change's place in the store's commit order, opaque: poll lists with changed_after=<the last one seen>;
+    # null in the answer to the request that made the change (numbered when it commits)
+    change_cursor: str | None
     started_at: dt.datetime | None
     finished_at: dt.datetime | None
 
@@ -111,6 +114,24 @@ class AdminJobsPublic(BaseModel):
 
 class PurgePublic(BaseModel):
     cancelled: int
+
+
+class RetentionPublic(BaseModel):
+    """What one retention run deleted: the checkpoints of these jobs (their count, files and bytes)."""
+    jobs: int
+    files: int
+    bytes: int
+    job_ids: list[str]
+    more: bool  # the batch was full: call again for the next one
+
+
+class JobDeleted(BaseModel):
+    """A deleted job: its id and what went with it (event and metrics rows, files of its run folder)."""
+    id: str
+    events: int
+    metrics: int
+    files: int
+    bytes: int
 
 
 class KeyCreate(BaseModel):

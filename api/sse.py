@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -26,9 +27,12 @@ def frame(event_id: int | None, name: str, data: dict[str, Any]) -> str:
 
 async def follow(request: Request, fetch: Fetch, after: int) -> AsyncIterator[str]:
     """Frames of ``fetch``'s events until it reports the end (read before the events, so none is missed) and
-    nothing newer is left, or the client goes away."""
+    nothing newer is left, the client goes away, or the server begins to shut down (``app.state.stopping``:
+    the stream ends cleanly and the client resumes elsewhere with ``Last-Event-ID``; open, it would hold the
+    server's shutdown until the job finished)."""
+    stopping: threading.Event = request.app.state.stopping  # api.main.create_app
     idle = 0.0
-    while not await request.is_disconnected():
+    while not stopping.is_set() and not await request.is_disconnected():
         events, closing = await run_in_threadpool(fetch, after)
         for event_id, name, data in events:
             after = event_id if event_id is not None else after

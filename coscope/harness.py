@@ -177,8 +177,8 @@ class Stack:
         return f"worker{self.workers.index(worker)}.log"
 
     def stop(self, process: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 120) -> int:
-        """Signal only the process itself, as ``docker stop`` signals a container's PID 1 (Celery's warm
-        shutdown then lets the pool child finish its task); return its exit status."""
+        """Signal only the process itself, as ``docker stop`` signals a container's PID 1 (a worker's warm
+        shutdown then hands its running job back to the queue: ``worker.shutdown``); return its exit status."""
         try:
             process.send_signal(sig)
         except ProcessLookupError:

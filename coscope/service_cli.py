@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from typing import Any
 
 
@@ -18,6 +19,9 @@ def add_service_commands(commands: Any) -> None:
     mode.add_argument("--worker", dest="worker", action="store_true", default=None,
                       help="also run a worker process (the default without COSCOPE_BROKER_URL)")
     mode.add_argument("--no-worker", dest="worker", action="store_false", help="API only")
+    serve.add_argument("--timeout-graceful-shutdown", type=float, default=GRACEFUL_SHUTDOWN_SECONDS,
+                       metavar="SECONDS", help="on SIGTERM, how long open requests may finish before "
+                       f"they are cancelled (default {GRACEFUL_SHUTDOWN_SECONDS:g}; event streams end first)")
 
     worker = commands.add_parser("worker", help="run a Celery worker: one job at a time, a fresh child per job")
     worker.add_argument("--queues", default="gpu,cpu", help="comma-separated queues (default gpu,cpu)")
@@ -30,6 +34,9 @@ def add_service_commands(commands: Any) -> None:
     create.add_argument("--team", default="default")
     create.add_argument("--role", choices=("member", "admin"), default="member")
 
+
+GRACEFUL_SHUTDOWN_SECONDS = 5.0  # uvicorn's timeout_graceful_shutdown: within docker stop's default 10 s
+WORKER_STOP_SECONDS = 60  # the embedded worker's warm shutdown: its job checkpoints, goes back to the queue
 
 TRAINER_PACKAGES = ("torch", "torchvision", "numpy", "matplotlib")  # the [worker] extra (pyproject.toml)
 
@@ -143,13 +150,34 @@ def _serve(args: argparse.Namespace, settings: Any) -> int:
         + (f"first admin API key written to {key_file}; clients read it from there, or send "
            f"'Authorization: Bearer <key>'\n" if key_file else
            "authenticate with 'Authorization: Bearer <key>' (create keys with 'coscope keys create')\n"))
+    app = create_app(settings)
+    config = uvicorn.Config(app, host=host, port=port, log_level="info",
+                            timeout_graceful_shutdown=args.timeout_graceful_shutdown)
+    server = _server(config, app.state.stopping)
     try:
-        uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+        server.run()
+    except KeyboardInterrupt:  # Ctrl+C: uvicorn raises the SIGINT again after its graceful shutdown
+        pass
     finally:
-        if worker is not None:
-            os.killpg(worker.pid, signal.SIGTERM)
+        if worker is not None:  # the Celery parent alone, as `docker stop` does: a warm shutdown
+            worker.send_signal(signal.SIGTERM)
             try:
-                worker.wait(timeout=30)
+                worker.wait(timeout=WORKER_STOP_SECONDS)
             except subprocess.TimeoutExpired:
                 os.killpg(worker.pid, signal.SIGKILL)
-    return 0
+    return 0 if server.started else 3  # 3: uvicorn's start-up failure (e.g. the port is taken)
+
+
+def _server(config: Any, stopping: threading.Event) -> Any:
+    """uvicorn's server, which also sets ``stopping`` (``app.state.stopping``) as its shutdown begins. uvicorn
+    waits for open responses before it runs the app's lifespan shutdown, and the event stream of a running
+    job never ends by itself: the streams end as soon as ``stopping`` is set (``api.sse``), other requests get
+    ``timeout_graceful_shutdown`` seconds, and the process exits."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets: Any = None) -> None:
+            stopping.set()
+            await super().shutdown(sockets)
+
+    return Server(config)

@@ -20,7 +20,7 @@ from sqlalchemy import ColumnElement, cast, exists, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, load_only
 
-from store.models import ApiKey, Job, JobEvent, MetricRow, report_numbers, utcnow
+from store.models import NOT_A_CHANGE, ApiKey, Job, JobEvent, MetricRow, report_numbers, utcnow
 from store.status import ACTIVE_STATES, FINISHED_STATES, UNSENT_STATES
 
 KEY_PREFIX = "cs_"
@@ -92,8 +92,10 @@ def create_job(session: Session, owner: ApiKey, spec: dict[str, Any], *, name: s
             if existing.request_hash != request_hash:
                 raise IdempotencyMismatch(idempotency_key)
             return existing, False
-    if max_active is not None and active_jobs(session, owner.team) >= max_active:
-        raise QuotaExceeded(owner.team)
+    if max_active is not None:
+        lock_team(session, owner.team)  # until the commit: the count stays true until the insert lands
+        if active_jobs(session, owner.team) >= max_active:
+            raise QuotaExceeded(owner.team)
     job = Job(team=owner.team, owner_key_id=owner.id, spec=spec, name=name, tags=tags, priority=priority,
               queue=queue, idempotency_key=idempotency_key, request_hash=request_hash, status="queued",
               callback_url=callback_url, tracking=tracking)
@@ -101,6 +103,28 @@ def create_job(session: Session, owner: ApiKey, spec: dict[str, Any], *, name: s
     session.flush()  # a concurrent duplicate key fails here with IntegrityError
     add_event(session, job.id, 0, "status", {"status": "queued"})
     return job, True
+
+
+def lock_team(session: Session, team: str) -> None:
+    """Hold the team's bounds (active jobs, children waiting in sweeps) until this transaction ends. Every
+    check-then-write of a team's counts takes it first (``create_job``, ``store.sweeps``), so two
+    transactions, in one API process (a request and the sweep keeper) or in two replicas, never both pass a
+    check that only one of them may pass. PostgreSQL: a transaction-scoped advisory lock keyed by the team;
+    other teams do not wait. SQLite: the database's write lock, taken now (``BEGIN IMMEDIATE``) instead of at
+    the first write, so the count is read under it. pysqlite's legacy transaction control begins a
+    transaction only at the first INSERT, UPDATE or DELETE, so a transaction already open holds that lock."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(select(func.pg_advisory_xact_lock(team_lock_key(team))))
+        return
+    connection = session.connection()
+    if not connection.connection.dbapi_connection.in_transaction:  # type: ignore[union-attr]
+        connection.exec_driver_sql("BEGIN IMMEDIATE")  # waits up to the busy timeout for other writers
+
+
+def team_lock_key(team: str) -> int:
+    """The team's advisory-lock key: a stable signed 64-bit hash (the same in every process and version)."""
+    digest = hashlib.blake2b(f"coscope.team:{team}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
 
 
 def active_jobs(session: Session, team: str) -> int:
@@ -111,7 +135,7 @@ def active_jobs(session: Session, team: str) -> int:
 
 def mark_enqueued(session: Session, job_id: str) -> None:
     session.execute(update(Job).where(Job.id == job_id)  # broker bookkeeping: no change a client sees
-                    .values(enqueued_at=utcnow(), updated_at=Job.updated_at))
+                    .values(enqueued_at=utcnow(), **NOT_A_CHANGE))
 
 
 def get_team_job(session: Session, job_id: str, team: str | None) -> Job | None:
@@ -126,16 +150,20 @@ JOB_ORDER = (Job.created_at.desc(), Job.id)  # newest first; the list indexes of
 # what a list entry shows: never the spec or the report
 LIST_COLUMNS = (Job.id, Job.team, Job.name, Job.tags, Job.priority, Job.queue, Job.status, Job.attempt,
                 Job.progress, Job.co, Job.error_code, Job.error_message, Job.created_at, Job.started_at,
-                Job.finished_at, Job.updated_at, Job.final_clean_accuracy, Job.final_robust_accuracy)
+                Job.finished_at, Job.updated_at, Job.change_seq, Job.final_clean_accuracy,
+                Job.final_robust_accuracy)
+CHANGE_ORDER = (Job.change_seq, Job.id)  # a change feed: oldest change first, so a poller pages by its cursor
 
 
 def list_jobs(session: Session, team: str | None, status: str | None, tag: str | None, limit: int,
               offset: int, *, created_after: dt.datetime | None = None,
-              updated_after: dt.datetime | None = None) -> tuple[list[Job], int]:
+              updated_after: dt.datetime | None = None,
+              changed_after: int | None = None) -> tuple[list[Job], int]:
     """One page of jobs, newest first, and how many match, both in SQL. The page's ids are picked from an
     index alone (``store.models``: team, status, created_at and id are in the key), then only those rows are
     read, and only ``LIST_COLUMNS`` of them: the other columns are not loaded, and reading one raises instead
-    of querying the row again. The count is skipped when the page itself shows it (a short page)."""
+    of querying the row again. The count is skipped when the page itself shows it (a short page).
+    ``changed_after`` (a ``change_seq``): the jobs changed since, in change order (``CHANGE_ORDER``)."""
     conditions = []
     if team is not None:
         conditions.append(Job.team == team)
@@ -147,9 +175,13 @@ def list_jobs(session: Session, team: str | None, status: str | None, tag: str |
         conditions.append(Job.created_at > created_after)
     if updated_after is not None:
         conditions.append(last_update(Job) > updated_after)
-    page = select(Job.id).where(*conditions).order_by(*JOB_ORDER).limit(limit).offset(offset)
+    order = JOB_ORDER
+    if changed_after is not None:
+        conditions.append(Job.change_seq > changed_after)
+        order = CHANGE_ORDER
+    page = select(Job.id).where(*conditions).order_by(*order).limit(limit).offset(offset)
     jobs = list(session.scalars(select(Job).options(load_only(*LIST_COLUMNS, raiseload=True))
-                                .where(Job.id.in_(page.scalar_subquery())).order_by(*JOB_ORDER)))
+                                .where(Job.id.in_(page.scalar_subquery())).order_by(*order)))
     if len(jobs) < limit and (jobs or offset == 0):
         return jobs, offset + len(jobs)
     return jobs, session.scalar(select(func.count()).select_from(Job).where(*conditions)) or 0
@@ -284,7 +316,7 @@ def claim(session: Session, job_id: str, worker: str, lease_seconds: float, max_
     return Claim("duplicate", job.attempt)  # another worker holds a live lease: exactly one trainer
 
 
-def _fence(session: Session, job_id: str, attempt: int, **values: Any) -> None:
+def _fence(session: Session, job_id: str, attempt: int, /, **values: Any) -> None:
     """The conditional UPDATE every worker write starts with (it also row-locks the job until commit)."""
     values = values or {"attempt": Job.attempt}  # nothing to change: still take the lock and check
     result = session.execute(update(Job).where(Job.id == job_id, Job.attempt == attempt, Job.status == "running")
@@ -296,7 +328,7 @@ def _fence(session: Session, job_id: str, attempt: int, **values: Any) -> None:
 def heartbeat(session: Session, job_id: str, attempt: int, lease_seconds: float) -> bool:
     """Extend the lease; return whether a cancel was requested."""
     _fence(session, job_id, attempt, lease_expires_at=utcnow() + dt.timedelta(seconds=lease_seconds),
-           updated_at=Job.updated_at)  # a lease renewal is no change a client sees
+           **NOT_A_CHANGE)  # a lease renewal is no change a client sees
     return bool(session.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
 
 
@@ -331,6 +363,17 @@ def finish(session: Session, job_id: str, attempt: int, status: str, *, report: 
     _fence(session, job_id, attempt, **values)
     add_event(session, job_id, attempt, "status", {"status": status, "error_code": error_code,
                                                    "error_message": error_message})
+
+
+def hand_back(session: Session, job_id: str, attempt: int) -> None:
+    """A warm shutdown's hand-back (``worker.shutdown``): the attempt holding the job, having written a
+    checkpoint, puts it back in the queue and gives its attempt back, so a deploy costs no attempt; the next
+    claim is ``attempt`` again and resumes from that checkpoint. Fenced like every worker write. The job is
+    left unsent (``enqueued_at`` NULL): the worker acks its message, and the reconciler sends a new one at
+    its next pass."""
+    _fence(session, job_id, attempt, status="queued", attempt=attempt - 1, lease_owner=None,
+           lease_expires_at=None, enqueued_at=None)
+    add_event(session, job_id, attempt, "status", {"status": "queued", "reason": "worker shutdown"})
 
 
 def _finish(session: Session, job: Job, status: str, code: str | None, message: str | None) -> None:

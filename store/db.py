@@ -10,10 +10,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, func, inspect, text, update
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import Engine, create_engine, event, func, inspect, select, text, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import ORMExecuteState, Session, sessionmaker
 
-from store.models import REPORT_COLUMNS, Base, Job
+from store.models import NOT_A_CHANGE, REPORT_COLUMNS, Base, ChangeCounter, Job
 
 
 def json_safe(value: Any) -> Any:
@@ -64,10 +65,17 @@ def get_engine(url: str) -> Engine:
     Base.metadata.create_all(engine)
     added = {column for table, column in _add_new_columns(engine) if table == "jobs"}
     _fill_from_reports(engine, added)
-    if "updated_at" in added:  # the last change an older version recorded
-        with engine.begin() as connection:
+    with engine.begin() as connection:
+        if "updated_at" in added:  # the last change an older version recorded
             connection.execute(update(Job).values(updated_at=func.coalesce(Job.finished_at, Job.started_at,
-                                                                           Job.created_at)))
+                                                                           Job.created_at),
+                                                  change_seq=Job.change_seq))
+        insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+        connection.execute(insert(ChangeCounter).values(id=1, value=0).on_conflict_do_nothing())
+        if "change_seq" in added:  # the changes an older version made: one number, before every later one
+            connection.execute(update(Job).where(Job.change_seq.is_(None))
+                               .values(change_seq=1, updated_at=Job.updated_at))
+            connection.execute(update(ChangeCounter).where(ChangeCounter.value < 1).values(value=1))
     _add_new_indexes(engine)
     return engine
 
@@ -98,7 +106,7 @@ def _fill_from_reports(engine: Engine, added: set[str]) -> None:
     values = {column: Job.report[path].as_float() for column, path in REPORT_COLUMNS.items()
               if column in added}
     if values:
-        values["updated_at"] = Job.updated_at  # a copy, not a change
+        values.update(NOT_A_CHANGE)  # a copy, not a change
         with engine.begin() as connection:
             connection.execute(update(Job).where(Job.report.is_not(None)).values(**values))
 
@@ -119,13 +127,48 @@ def _add_new_indexes(engine: Engine) -> None:
                     raise
 
 
+@lru_cache(maxsize=8)
+def _sessions(url: str) -> sessionmaker[Session]:
+    factory = sessionmaker(get_engine(url), expire_on_commit=False)
+
+    @event.listens_for(factory, "do_orm_execute")
+    def _statement(state: ORMExecuteState) -> None:
+        if not state.is_select:
+            state.session.info["wrote"] = True
+
+    @event.listens_for(factory, "after_flush")
+    def _flush(session: Session, _context: Any) -> None:
+        session.info["wrote"] = True
+
+    return factory
+
+
+def stamp_changes(session: Session) -> None:
+    """Number the jobs this transaction changed (``Job.change_seq``: NULL until now), as its last statements
+    before the commit: the counter's row stays locked until the commit (PostgreSQL: its row lock; SQLite: the
+    write lock the transaction already holds), so numbers are handed out in commit order, and a poll that saw
+    number n also saw every change numbered below n. Transactions that changed no job (reads, lease renewals)
+    skip the counter."""
+    if not session.info.pop("wrote", False):
+        return
+    session.flush()
+    if session.scalar(select(Job.id).where(Job.change_seq.is_(None)).limit(1)) is None:
+        return
+    number = session.scalar(update(ChangeCounter).where(ChangeCounter.id == 1)
+                            .values(value=ChangeCounter.value + 1).returning(ChangeCounter.value))
+    session.execute(update(Job).where(Job.change_seq.is_(None))
+                    .values(change_seq=number, updated_at=Job.updated_at)
+                    .execution_options(synchronize_session=False))
+
+
 @contextmanager
 def session_scope(url: str) -> Iterator[Session]:
-    """One unit of work: a session that commits when the block exits and rolls back when it raises. The
-    only place that commits (see ``store``)."""
-    session = sessionmaker(get_engine(url), expire_on_commit=False)()
+    """One unit of work: a session that commits when the block exits (its job changes numbered first:
+    ``stamp_changes``) and rolls back when it raises. The only place that commits (see ``store``)."""
+    session = _sessions(url)()
     try:
         yield session
+        stamp_changes(session)
         session.commit()
     except BaseException:
         session.rollback()

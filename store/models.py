@@ -17,8 +17,8 @@ import datetime as dt
 import uuid
 from typing import Any
 
-from sqlalchemy import (JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text,
-                        UniqueConstraint, cast)
+from sqlalchemy import (JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text,
+                        UniqueConstraint, cast, null)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -86,12 +86,33 @@ class Job(Base):
     enqueued_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
     started_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
-    # every change a client can see (status, progress, metrics, verdict, report): platforms poll lists with
-    # updated_after; lease renewals and broker bookkeeping keep it (crud.heartbeat, crud.mark_enqueued)
+    # every change a client can see (status, progress, metrics, verdict, report), by the writing host's clock
+    # (lists' updated_after); lease renewals and broker bookkeeping keep it (NOT_A_CHANGE)
     updated_at: Mapped[dt.datetime | None] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
+    # the same changes in the store's commit order, for pollers (changed_after): every write sets it to NULL,
+    # as it sets updated_at, and store.db.stamp_changes numbers it as the transaction's last statement before
+    # the commit, from a counter (ChangeCounter) that stays locked until then. Host clocks play no part, and a
+    # change that commits late gets a later number than every change committed before it.
+    change_seq: Mapped[int | None] = mapped_column(BigInteger, onupdate=null())
     # a sweep's child: its sweep and its place there (seed-major: every cell's first seed comes first)
     sweep_id: Mapped[str | None] = mapped_column(ForeignKey("sweeps.id"))
     sweep_index: Mapped[int | None] = mapped_column(Integer)
+    # when the retention deleted the run folder's checkpoints (store.retention); NULL: not yet, or never
+    checkpoints_deleted_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+
+
+NOT_A_CHANGE = {"updated_at": Job.updated_at, "change_seq": Job.change_seq}  # UPDATE values: keep the marks
+
+
+class ChangeCounter(Base):
+    """One row: the last number ``store.db.stamp_changes`` gave out (``Job.change_seq``). A transaction that
+    changed jobs increments it just before its commit and holds the row until then, so numbers are handed out
+    in commit order."""
+
+    __tablename__ = "change_counter"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)  # always 1
+    value: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
 class Sweep(Base):
@@ -140,6 +161,9 @@ Index("ix_jobs_status_enqueued", Job.status, Job.enqueued_at)
 # A sweep's children (its page, its table, its events) and the keeper's held children per team.
 Index("ix_jobs_sweep", Job.sweep_id, Job.sweep_index)
 Index("ix_jobs_status_team", Job.status, Job.team)
+# Changes in commit order (crud.CHANGE_ORDER): pollers' changed_after, one index for every team (a poll reads
+# the few changes after its cursor), and stamp_changes' look for this transaction's unnumbered rows (NULL).
+Index("ix_jobs_change", Job.change_seq, Job.id)
 
 
 class MetricRow(Base):

@@ -8,7 +8,9 @@ child's queue. The first bound keeps the quota honest (a sweep never takes the t
 submission still gets 429 when the sweep's released children fill it); the second is fair share: the broker
 queues are first-in first-out, so a sweep never puts more than a couple of messages ahead of another team's
 job, whatever its size. Children leave in seed-major order (every cell's first seed, then the second...), so
-a partial sweep already covers the grid.
+a partial sweep already covers the grid. The counts are read under the team's lock (``crud.lock_team``),
+held until the commit, so the keepers of several API processes and a concurrent submit never release or
+accept more than the room they saw.
 
 Like ``store.crud``, nothing here commits.
 """
@@ -58,6 +60,7 @@ def create_sweep(session: Session, owner: ApiKey, *, name: str | None, tags: lis
             if existing.request_hash != request_hash:
                 raise crud.IdempotencyMismatch(idempotency_key)
             return existing, False
+    crud.lock_team(session, owner.team)  # until the commit: concurrent sweeps never pass max_held together
     held = session.scalar(select(func.count()).select_from(Job)
                           .where(Job.status == "held", Job.team == owner.team)) or 0
     if held + len(children) > max_held:
@@ -83,10 +86,11 @@ def release_held(session: Session, max_active: int, max_waiting: int,
     """Move held children to queued within the team's bounds (module docstring); returns (job id, queue) of
     each one released, to publish after the commit. Each move is conditional on the child still being held,
     so a cancel that lands meanwhile wins."""
-    teams = [team] if team is not None else list(session.scalars(
-        select(Job.team).where(Job.status == "held").distinct()))
+    teams = [team] if team is not None else sorted(session.scalars(
+        select(Job.team).where(Job.status == "held").distinct()))  # sorted: every keeper locks in one order
     released: list[tuple[str, str]] = []
     for name in teams:
+        crud.lock_team(session, name)  # until the commit: a submit or another keeper counts after these moves
         counts = session.execute(select(Job.queue, Job.status, func.count()).where(
             Job.team == name, Job.status.in_(ACTIVE_STATES)).group_by(Job.queue, Job.status)).all()
         room = max_active - sum(count for _, _, count in counts)

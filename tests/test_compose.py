@@ -142,6 +142,25 @@ def test_api_runs_without_an_embedded_worker(compose: dict[str, Any]) -> None:
     assert any(str(port).endswith("8000") for port in api["ports"])
 
 
+def seconds(duration: str) -> float:
+    """A compose duration ("90s", "1m30s", "2m") in seconds."""
+    units = {"h": 3600, "m": 60, "s": 1, "ms": 0.001}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|h|m|s)", duration)
+    assert parts and "".join(n + u for n, u in parts) == duration, duration
+    return sum(float(number) * units[unit] for number, unit in parts)
+
+
+def test_stop_grace_periods_cover_a_checkpoint_and_the_api_shutdown(compose: dict[str, Any]) -> None:
+    """Issue 23 item 4: Docker's default 10 s before SIGKILL cut a worker's hand-back (a checkpoint, then
+    back to the queue without using an attempt); the API ends its open requests before its own SIGKILL."""
+    for name in WORKERS:
+        assert seconds(compose["services"][name]["stop_grace_period"]) >= 60, name
+    api = compose["services"]["api"]
+    command = api["command"]
+    graceful = float(command[command.index("--timeout-graceful-shutdown") + 1])
+    assert 0 < graceful and graceful + 5 <= seconds(api["stop_grace_period"])
+
+
 def test_redis_persists_and_never_evicts(compose: dict[str, Any]) -> None:
     command = " ".join(compose["services"]["redis"]["command"])
     assert "--appendonly yes" in command

@@ -1,5 +1,5 @@
-"""The worker's Celery application: ``store.broker``'s configuration, this package's tasks and the per-job
-time limits.
+"""The worker's Celery application: ``store.broker``'s configuration, this package's tasks, the per-job
+time limits and the warm shutdown that hands the running job back to the queue (``worker.shutdown``).
 
 Importing this module imports no torch, and the worker parent process never initialises CUDA: the trainer
 is imported inside the task, in a fresh child per job.
@@ -11,11 +11,13 @@ import os
 import signal
 import threading
 import time
+from typing import Any
 
-from celery.signals import worker_process_init
+from celery.signals import task_prerun, worker_init, worker_process_init, worker_shutting_down
 
 from store.broker import make_celery
 from store.settings import Settings, get_settings
+from worker import shutdown
 
 TIME_LIMIT_ENV = "COSCOPE_JOB_TIME_LIMIT_SECONDS"  # worker-side; unset: no limit
 HARD_LIMIT_GRACE_SECONDS = 60  # after the soft limit, time to checkpoint and write the outcome
@@ -53,6 +55,31 @@ _soft_limit, _hard_limit = time_limits()
 check_visibility_timeout(get_settings(), _hard_limit)
 app = make_celery(get_settings(), include=["worker.tasks"])
 app.conf.update(task_soft_time_limit=_soft_limit, task_time_limit=_hard_limit)
+
+
+_worker: Any = None  # in the worker's parent: Celery's WorkController; the hand-back signal reaches its pool
+
+
+@worker_init.connect
+def _keep_the_worker(sender: Any, **_: object) -> None:
+    global _worker
+    _worker = sender
+    shutdown.shield()
+
+
+@worker_shutting_down.connect
+def _hand_back_the_running_job(how: str, **_: object) -> None:
+    """A warm shutdown (SIGTERM, or a first Ctrl+C) waits for the running task: ask it to checkpoint and go
+    back to the queue instead of running to its end (``worker.shutdown``). A cold one (SIGQUIT) kills it."""
+    if how == "Warm" and _worker is not None:
+        shutdown.forward(lambda: list(_worker.pool.info["processes"]))
+
+
+@task_prerun.connect
+def _listen_for_the_hand_back(**_: object) -> None:
+    """In the pool child, as a task starts: not at ``worker_process_init``, after which billiard points the
+    child's SIGUSR2 at its own exit handler (unless it is ignored, as ``shutdown.shield`` makes it)."""
+    shutdown.listen()
 
 
 _PARENT_PID = os.getpid()  # in a pool child (forked from the worker), the Celery parent's pid

@@ -1,19 +1,21 @@
-"""Admin routes (role ``admin``; members get 403): every team's jobs, cancel any job, purge the queues,
-manage API keys. A separate router, so the stricter dependency is declared once (OWASP API5)."""
+"""Admin routes (role ``admin``; members get 403): every team's jobs, cancel or delete any job, purge the
+queues, run the checkpoint retention, manage API keys. A separate router, so the stricter dependency is
+declared once (OWASP API5)."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, BackgroundTasks, Depends, HTTPException, Path, Query, status
 
-from api.deps import ChangeWindowDep, SessionDep, SettingsDep, require_admin
+from api.deps import ChangedAfterDep, ChangeWindowDep, SessionDep, SettingsDep, require_admin
 from api.routes.jobs import cancel, summary_fields
-from api.schemas import (AdminJobsPublic, AdminJobSummary, JobPublic, KeyCreate, KeyCreated, KeyPublic,
-                         KeysPublic, PurgePublic, errors)
-from store import crud, webhooks
+from api.schemas import (AdminJobsPublic, AdminJobSummary, JobDeleted, JobPublic, KeyCreate, KeyCreated,
+                         KeyPublic, KeysPublic, PurgePublic, RetentionPublic, errors)
+from store import crud, retention, webhooks
 from store.models import ApiKey, Job
-from store.status import JobStatus
+from store.status import FINISHED_STATES, JobStatus
 from store.settings import Settings
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[Depends(require_admin)],
@@ -33,15 +35,16 @@ def to_key_public(key: ApiKey) -> KeyPublic:
 
 @router.get("/jobs", response_model=AdminJobsPublic, summary="List every team's jobs")
 def read_all_jobs(session: SessionDep, settings: SettingsDep, window: ChangeWindowDep,
-                  team: Annotated[str | None, Query(max_length=100)] = None,
+                  changed_after: ChangedAfterDep, team: Annotated[str | None, Query(max_length=100)] = None,
                   status_: Annotated[JobStatus | None,
                                      Query(alias="status")] = None,
                   tag: Annotated[str | None, Query(max_length=100)] = None,
                   limit: Annotated[int, Query(ge=1, le=200)] = 50,
                   offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0) -> Any:
-    """Every team's jobs (or one team's), newest first, without their specs."""
-    jobs, count = crud.list_jobs(session, team, status_, tag, limit, offset,
-                                 created_after=window.created_after, updated_after=window.updated_after)
+    """Every team's jobs (or one team's), newest first (with ``changed_after``: oldest change first), without
+    their specs."""
+    jobs, count = crud.list_jobs(session, team, status_, tag, limit, offset, created_after=window.created_after,
+                                 updated_after=window.updated_after, changed_after=changed_after)
     return AdminJobsPublic(data=[to_admin_summary(job, settings) for job in jobs], count=count)
 
 
@@ -54,6 +57,42 @@ def cancel_any_job(job_id: JobId, session: SessionDep, settings: SettingsDep,
     if job is None:
         raise HTTPException(404, "Job not found")
     return cancel(job, session, settings, background)
+
+
+@router.delete("/jobs/{job_id}", response_model=JobDeleted, summary="Delete a finished job",
+               responses=errors(404, 409))
+def delete_any_job(job_id: JobId, session: SessionDep, settings: SettingsDep) -> Any:
+    """Delete a finished job of any team: its events, metrics rows, job row and run folder (404 after). 409
+    while it is held, queued or running, and for a sweep's child (the sweep's table and heatmap are built
+    from every child)."""
+    job = crud.get_team_job(session, job_id, None)
+    if job is None:
+        raise HTTPException(404, "Job not found")
+    if job.status not in FINISHED_STATES:
+        raise HTTPException(409, f"Job is {job.status}: cancel it, and delete it once it has finished")
+    if job.sweep_id is not None:
+        raise HTTPException(409, f"Job is a child of sweep {job.sweep_id}: a sweep's table and heatmap are "
+                                 "built from every child, so its children are not deleted")
+    try:
+        deleted = retention.delete_job(session, settings.artifacts, job)
+    except retention.NotDeletable:  # a concurrent delete went first (this transaction rolls back)
+        raise HTTPException(404, "Job not found") from None
+    return JobDeleted(id=job_id, **asdict(deleted))
+
+
+@router.post("/retention/run", response_model=RetentionPublic, summary="Delete expired checkpoints now")
+def run_retention(session: SessionDep, settings: SettingsDep,
+                  older_than_days: Annotated[float | None, Query(ge=0, le=36_500, description=(
+                      "for this run, instead of the configured retention"))] = None,
+                  team: Annotated[str | None, Query(max_length=100)] = None,
+                  limit: Annotated[int, Query(ge=1, le=5000)] = retention.RETENTION_BATCH) -> Any:
+    """One batch of the checkpoint retention (what the API runs every ``RETENTION_SECONDS``): checkpoint.pt
+    and best.pt of finished jobs past the retention are deleted; reports, metrics and rows stay."""
+    policy = (retention.Policy.from_settings(settings) if older_than_days is None
+              else retention.Policy(older_than_days))
+    pruned = retention.prune_checkpoints(session, settings.artifacts, policy, team=team, limit=limit)
+    return RetentionPublic(jobs=len(pruned.job_ids), files=pruned.files, bytes=pruned.bytes,
+                           job_ids=pruned.job_ids, more=pruned.more)
 
 
 @router.post("/queues/purge", response_model=PurgePublic, summary="Cancel every queued job")

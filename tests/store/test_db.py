@@ -9,7 +9,8 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, inspect, text
 
-from store.db import get_engine
+from store import crud
+from store.db import get_engine, session_scope
 from store.models import Base
 
 
@@ -54,6 +55,26 @@ def test_an_old_store_gains_the_report_columns_filled_from_its_reports(tmp_path)
                                        "final_robust_accuracy FROM jobs")).all()
     assert {row[0]: tuple(row[1:]) for row in rows} == {
         "timed": (512.5, 0.75, 0.25), "dry": (None, None, None), "queued": (None, None, None)}
+
+
+def test_an_old_store_gains_the_change_order_with_its_jobs_before_the_first_change(tmp_path):
+    """Jobs of a store created before ``jobs.change_seq`` share number 1 (after cursor 0, where pollers start;
+    before every later change), the next change is numbered 2, and bookkeeping is no change."""
+    url = old_store(tmp_path, "DROP INDEX ix_jobs_change", "ALTER TABLE jobs DROP COLUMN change_seq",
+                    "DROP TABLE change_counter",
+                    "INSERT INTO api_keys (id, name, team, role, key_hash, created_at, revoked) "
+                    "VALUES ('k', 'k', 'a', 'member', 'h', '2026-01-01', 0)",
+                    rows=(("INSERT INTO jobs (id, team, owner_key_id, tags, priority, queue, spec, status, "
+                           "attempt, cancel_requested, progress, created_at) VALUES (:id, 'a', 'k', '[]', 0, "
+                           "'cpu', '{}', 'queued', 0, 0, '{}', '2026-01-01')", [{"id": "old"}, {"id": "older"}]),))
+    get_engine(url)
+    with session_scope(url) as session:
+        crud.mark_enqueued(session, "older")
+    with session_scope(url) as session:
+        crud.claim(session, "old", "w", 60, 3)
+    with get_engine(url).connect() as connection:
+        assert dict(connection.execute(text("SELECT id, change_seq FROM jobs")).all()) == {"old": 2, "older": 1}
+    assert "ix_jobs_change" in {index["name"] for index in inspect(get_engine(url)).get_indexes("jobs")}
 
 
 def test_an_old_store_gains_the_list_and_reconciler_indexes(tmp_path):

@@ -133,8 +133,9 @@ def plan(session, statement) -> str:
 def test_list_and_reconciler_queries_use_their_indexes(database):
     """3,000 jobs of 3 teams, nearly all finished, the table vacuumed and analysed as autovacuum would: each
     list query reads its rows in order from its index (no scan of the table, no sort), a tag filter uses the
-    GIN index on PostgreSQL, and the reconciler's queries find the few running and queued jobs through theirs
-    (no scan of the table)."""
+    GIN index on PostgreSQL, the reconciler's queries find the few running and queued jobs through theirs
+    (no scan of the table), and so do the change feed (changed_after) and the commit's look for unnumbered
+    changes."""
     statuses = ["succeeded"] * 90 + ["failed"] * 6 + ["cancelled"] * 2 + ["running", "queued"]
     with session_scope(database) as session:
         owner = crud.create_key(session, "k")[0]
@@ -149,23 +150,25 @@ def test_list_and_reconciler_queries_use_their_indexes(database):
         connection.execute(text("VACUUM ANALYZE jobs" if "postgresql" in database else "ANALYZE"))
     now = BASE + dt.timedelta(seconds=1500)  # half the leases expired, half the messages sent long ago
     team, failed = Job.team == "team-1", Job.status == "failed"
-    queries = {
-        "ix_jobs_team_created": select(Job.id).where(team).order_by(*crud.JOB_ORDER).limit(50).offset(500),
-        "ix_jobs_team_status_created": select(Job.id).where(team, failed).order_by(*crud.JOB_ORDER).limit(50),
-        "ix_jobs_created": select(Job.id).order_by(*crud.JOB_ORDER).limit(50).offset(500),
-        "ix_jobs_status_lease": select(Job.id).where(Job.status == "running", Job.lease_expires_at < now),
-        "ix_jobs_status_enqueued": select(Job.id).where(Job.status == "queued", Job.enqueued_at < now)
-        .order_by(Job.enqueued_at),
-    }
+    queries = [  # (the index it should use, the query)
+        ("ix_jobs_team_created", select(Job.id).where(team).order_by(*crud.JOB_ORDER).limit(50).offset(500)),
+        ("ix_jobs_team_status_created", select(Job.id).where(team, failed).order_by(*crud.JOB_ORDER).limit(50)),
+        ("ix_jobs_created", select(Job.id).order_by(*crud.JOB_ORDER).limit(50).offset(500)),
+        ("ix_jobs_status_lease", select(Job.id).where(Job.status == "running", Job.lease_expires_at < now)),
+        ("ix_jobs_status_enqueued", select(Job.id).where(Job.status == "queued", Job.enqueued_at < now)
+         .order_by(Job.enqueued_at)),
+        ("ix_jobs_change", select(Job.id).where(Job.change_seq > 0).order_by(*crud.CHANGE_ORDER).limit(50)),
+        ("ix_jobs_change", select(Job.id).where(Job.change_seq.is_(None)).limit(1)),  # db.stamp_changes
+    ]
     with session_scope(database) as session:
         if session.get_bind().dialect.name == "postgresql":  # SQLite scans the tags (json_each)
             tagged = crud._has_tag(session, "sweep-3")
-            queries["ix_jobs_tags"] = select(func.count()).select_from(Job).where(tagged)
-        for index, query in queries.items():
+            queries.append(("ix_jobs_tags", select(func.count()).select_from(Job).where(tagged)))
+        for index, query in queries:
             found = plan(session, query)
             assert index in found, found
             assert "Seq Scan" not in found and "SCAN jobs" not in found.splitlines(), found  # SQLite's scan
-            if index.endswith("_created"):  # lists: the index gives the order (the reconciler sorts a few)
+            if index.endswith(("_created", "_change")):  # lists: in index order (the reconciler sorts a few)
                 assert "Sort" not in found and "TEMP B-TREE" not in found, found
 
 

@@ -1,13 +1,17 @@
-"""The job runner's error mapping on real failures, in process: ``worker.runner.run`` as the Celery task
-calls it, on a SQLite store, with no fault hook."""
+"""The job runner's error mapping on real failures, and its warm-shutdown hand-back, in process:
+``worker.runner.run`` as the Celery task calls it, on a SQLite store, with no fault hook."""
 
 from __future__ import annotations
 
+import pytest
+
+from store import crud
 from store.db import session_scope
 from store.models import Job, JobEvent
 from store.settings import Settings
 from tests.conftest import DIVERGING, tiny_spec
 from tests.worker.utils import queued_job
+from worker import shutdown
 from worker.runner import run
 
 
@@ -54,3 +58,35 @@ def test_a_time_limit_inside_a_database_write_is_still_time_limit(tmp_path, monk
         assert run(job_id, settings, worker="test") == "failed"
         with session_scope(settings.database) as session:
             assert session.get(Job, job_id).error_code == code
+
+
+def test_a_warm_shutdown_hands_the_job_back_at_its_checkpoint_without_using_an_attempt(
+        tmp_path, single_thread, monkeypatch):
+    """Issue 23 item 4, in process (R4 in tests/service/test_chaos.py has the real processes): the worker asks
+    the running job to stop (``worker.shutdown.requested``) before its step 5 of 6. The trainer checkpoints,
+    the runner hands the job back: queued, attempt given back, unsent (the reconciler owes it a message),
+    and a late hand-back from that attempt is refused. The next run is attempt 1 again, from step 4."""
+    settings = Settings(home=tmp_path)
+    job_id = queued_job(settings, tiny_spec().model_dump(mode="json"))  # 2 epochs of 3 steps
+    checks: list[int] = []
+    monkeypatch.setattr(shutdown, "requested", lambda: checks.append(1) or len(checks) > 4)
+    assert run(job_id, settings, worker="test") == "handed_back"
+    with session_scope(settings.database) as session:
+        job = session.get(Job, job_id)
+        assert (job.status, job.attempt, job.lease_owner, job.lease_expires_at, job.enqueued_at) == (
+            "queued", 0, None, None, None)
+        assert job.progress["step"] == 4 and job.cancel_requested is False
+    assert (settings.attempt_folder(job_id, 1) / "checkpoint.pt").is_file()
+    with pytest.raises(crud.StaleAttempt), session_scope(settings.database) as session:
+        crud.hand_back(session, job_id, 1)  # fenced: attempt 1 no longer holds the job
+
+    monkeypatch.setattr(shutdown, "requested", lambda: False)
+    assert run(job_id, settings, worker="test") == "succeeded"
+    with session_scope(settings.database) as session:
+        assert session.get(Job, job_id).attempt == 1
+        events = session.query(JobEvent).filter_by(job_id=job_id).order_by(JobEvent.id).all()
+        kinds = [(event.type, event.data.get("status")) for event in events]
+        assert kinds.count(("status", "running")) == 2 and ("status", "queued") in kinds
+        second_claim = max(i for i, kind in enumerate(kinds) if kind == ("status", "running"))
+        resumed = next(event.data for event in events[second_claim:] if event.type == "progress")
+        assert resumed["step"] == 4, resumed  # from the checkpoint, not from step 0

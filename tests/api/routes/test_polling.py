@@ -1,14 +1,21 @@
-"""Cheap polling for platforms: ETag / If-None-Match on reports and artifacts (304 while unchanged), and the
-created_after / updated_after filters of the job and sweep lists."""
+"""Cheap polling for platforms: ETag / If-None-Match on reports and artifacts (304 while unchanged), the
+created_after / updated_after filters of the job and sweep lists, and the job lists' change feed
+(changed_after and each entry's change_cursor), which misses no change however late it commits."""
 
 from __future__ import annotations
 
 import datetime as dt
 import time
 
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import update
+
+from api.main import create_app
 from api.routes.sweeps import ARTIFACTS as SWEEP_ARTIFACTS
 from store import crud
 from store.db import session_scope
+from store.models import Job, utcnow
 from store.settings import Settings
 from tests.api.routes.test_sweeps import GRID, SPEC, _run_and_finish, roomy  # noqa: F401 (roomy: a fixture)
 from tests.api.utils import key_headers
@@ -114,3 +121,90 @@ def test_sweep_lists_filter_on_creation_and_on_their_childrens_changes(roomy):
     assert _ids(client, "/v1/sweeps", headers, updated_after=middle) == [second["id"]]
     _run_and_finish(settings, first["jobs"][0])
     assert _ids(client, "/v1/sweeps", headers, updated_after=middle) == [second["id"], first["id"]]
+
+
+def _changes(client, headers, cursor, url="/v1/jobs", **params):
+    """One poll of the change feed after ``cursor``: the entries' ids, and the cursor for the next poll (the
+    last entry's; the same one when nothing changed)."""
+    response = client.get(url, params={"changed_after": cursor, **params}, headers=headers)
+    assert response.status_code == 200, response.text
+    data = response.json()["data"]
+    return [entry["id"] for entry in data], data[-1]["change_cursor"] if data else cursor
+
+
+def _claim(settings, job_id, worker="w"):
+    with session_scope(settings.database) as session:
+        return crud.claim(session, job_id, worker, 60, 3).attempt
+
+
+@pytest.mark.parametrize("store_backend", ["postgresql+redis"], indirect=True)
+def test_a_change_that_commits_after_a_poll_is_in_the_next_poll(tmp_path, store_backend):
+    """Real concurrent transactions on PostgreSQL: a worker's change to ``late`` is written first and commits
+    last; between the two, a change to ``early`` commits and a client polls. ``late``'s updated_at (stamped at
+    its write) is older than the newest one that poll saw, so updated_after skips it for good; its change cursor
+    is numbered at its commit, after the change the poll saw. (SQLite has one writer at a time: a transaction
+    that wrote holds every other writer until it commits, so no change commits in between there.)"""
+    settings = Settings(home=tmp_path, **store_backend)
+    with TestClient(create_app(settings, reconcile=False)) as client:
+        headers = key_headers(settings)
+        late, early = _job(client, headers), _job(client, headers)
+        seen, cursor = _changes(client, headers, "0")
+        assert seen == [late["id"], early["id"]]
+        with session_scope(settings.database) as slow:  # the late transaction starts, and writes
+            crud.claim(slow, late["id"], "slow-worker", 60, 3)
+            slow.flush()
+            _claim(settings, early["id"])  # another change commits meanwhile
+            poll = client.get("/v1/jobs", params={"changed_after": cursor}, headers=headers).json()["data"]
+            assert [entry["id"] for entry in poll] == [early["id"]]
+            cursor, newest = poll[-1]["change_cursor"], poll[-1]["updated_at"]
+        # the late transaction committed (block exit) after that poll
+        assert _changes(client, headers, cursor) == ([late["id"]], _changes(client, headers, "0")[1])
+        assert _ids(client, "/v1/jobs", headers, updated_after=newest) == []  # what updated_after missed
+
+
+def test_a_change_from_a_host_with_a_slow_clock_is_in_the_next_poll(tmp_path, store_backend):
+    """A worker host whose clock runs 10 minutes slow stamps updated_at in the past; its change still comes
+    after every change a poll saw before it."""
+    settings = Settings(home=tmp_path, **store_backend)
+    with TestClient(create_app(settings, reconcile=False)) as client:
+        headers = key_headers(settings)
+        slow, right = _job(client, headers), _job(client, headers)
+        cursor = _changes(client, headers, "0")[1]
+        _claim(settings, right["id"])
+        seen, cursor = _changes(client, headers, cursor)
+        assert seen == [right["id"]]
+        with session_scope(settings.database) as session:  # the slow host's claim
+            behind = utcnow() - dt.timedelta(minutes=10)
+            session.execute(update(Job).where(Job.id == slow["id"])
+                            .values(status="running", attempt=1, updated_at=behind))
+        assert _changes(client, headers, cursor)[0] == [slow["id"]]
+
+
+def test_the_change_feed_pages_in_commit_order_and_skips_bookkeeping(client, settings: Settings):
+    headers, admin = key_headers(settings), key_headers(settings, team="ops", role="admin")
+    created = [_job(client, headers) for _ in range(4)]
+    assert [job["change_cursor"] for job in created] == [None] * 4  # numbered when the submit commits
+    ids = [job["id"] for job in created]
+    cursor = _changes(client, headers, "0", limit=200)[1]
+    assert client.get(f"/v1/jobs/{ids[0]}", headers=headers).json()["change_cursor"] is not None
+    order = [ids[2], ids[0], ids[3]]  # not the creation order
+    attempts = {job_id: _claim(settings, job_id) for job_id in order}
+    for url, who in (("/v1/jobs", headers), ("/v1/admin/jobs", admin)):
+        seen, after = [], cursor
+        while True:  # pages of 2, each poll after the last entry of the one before: no offset
+            page, after = _changes(client, who, after, url, limit=2)
+            if not page:
+                break
+            seen += page
+        assert seen == order, url
+    with session_scope(settings.database) as session:  # a lease renewal and broker bookkeeping are no changes
+        crud.heartbeat(session, ids[2], attempts[ids[2]], 60)
+        crud.mark_enqueued(session, ids[1])
+    assert _changes(client, headers, after) == ([], after)
+    with session_scope(settings.database) as session:  # progress is
+        crud.record(session, ids[2], attempts[ids[2]], progress={"epoch": 0, "step": 1, "total_steps": 2})
+    assert _changes(client, headers, after)[0] == [ids[2]]
+    assert _changes(client, headers, after, status="queued") == ([], after)  # filters apply as usual
+    for bad in ("yesterday", "-1", "1" * 19):
+        response = client.get("/v1/jobs", params={"changed_after": bad}, headers=headers)
+        assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["query", "changed_after"]
