@@ -144,10 +144,10 @@ def _validate(history: Sequence[Mapping[str, Any]]) -> None:
 
 
 def signature(row: Mapping[str, Any], m: OnsetThresholds) -> bool:
-    """The CO signature at one check: FGSM accuracy at least ``signature_gap`` above PGD accuracy, and PGD accuracy
-    at most ``signature_ratio`` times FGSM accuracy (module docstring)."""
+    """The CO signature at one check: FGSM accuracy at least ``signature_gap`` above PGD accuracy, and PGD
+    accuracy below ``signature_ratio`` times FGSM accuracy (module docstring)."""
     fgsm, pgd = row["fgsm_accuracy"], row["pgd_accuracy"]
-    return fgsm - pgd >= m.signature_gap - 1e-9 and pgd < m.signature_ratio * fgsm  # 1e-9: 0.15 - 0.05 < 0.1 in floats
+    return fgsm - pgd >= m.signature_gap - 1e-9 and pgd < m.signature_ratio * fgsm  # 1e-9: 0.15 - 0.05 < 0.1
 
 
 def _firing_rules(history: Sequence[Mapping[str, Any]], t: int, peak: float,
@@ -156,7 +156,8 @@ def _firing_rules(history: Sequence[Mapping[str, Any]], t: int, peak: float,
     row = history[t]
     if not signature(row, m):
         return []
-    pgd, signature_fields = row["pgd_accuracy"], {"signature_gap": m.signature_gap, "signature_ratio": m.signature_ratio}
+    pgd = row["pgd_accuracy"]
+    signature_fields = {"signature_gap": m.signature_gap, "signature_ratio": m.signature_ratio}
     fired = []
     if t > 0 and pgd < history[t - 1]["pgd_accuracy"] - m.wong_drop:
         fired.append({"name": "wong_drop", "wong_drop": m.wong_drop,
@@ -229,7 +230,8 @@ def final_collapse(history: Sequence[Mapping[str, Any]], monitor: OnsetThreshold
     return onset
 
 
-def transient_collapses(history: Sequence[Mapping[str, Any]], monitor: OnsetThresholds) -> list[tuple[int, int]]:
+def transient_collapses(history: Sequence[Mapping[str, Any]],
+                        monitor: OnsetThresholds) -> list[tuple[int, int]]:
     """(first step, last step) of each earlier stretch of signature checks that the run recovered from."""
     stretches, start = [], None
     for index, row in enumerate(history):
@@ -242,8 +244,8 @@ def transient_collapses(history: Sequence[Mapping[str, Any]], monitor: OnsetThre
 
 
 def pending_onset(history: Sequence[Mapping[str, Any]], monitor: OnsetThresholds) -> Onset | None:
-    """A collapse seen at the last check alone, still awaiting confirmation (only meaningful with ``confirm``):
-    the trainer then repeats that check (module docstring). None otherwise."""
+    """A collapse seen at the last check alone, still awaiting confirmation (only meaningful with
+    ``confirm``): the trainer then repeats that check (module docstring). None otherwise."""
     onset = final_collapse(history, monitor)
     return onset if onset is not None and monitor.confirm and onset.confirmed_step is None else None
 
@@ -266,7 +268,8 @@ def held_out_rows(history: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 
 def classify(history: Sequence[Mapping[str, Any]], monitor: VerdictSettings, *, chance_level: float,
-             final_robust_accuracy: float | None = None, held_out_chance_level: float | None = None) -> Verdict:
+             final_robust_accuracy: float | None = None,
+             held_out_chance_level: float | None = None) -> Verdict:
     """The run's verdict over its monitor checks (module docstring: codes and precedence).
 
     ``chance_level`` is the largest class share of the monitor set (``chance_level()``);
@@ -324,8 +327,8 @@ def _what_fired(onset: Onset, row: Mapping[str, Any]) -> str:
         fell = (f"monitor PGD accuracy {percent(pgd)} is more than {_pp(rule['max_drop'])} below its running "
                 f"maximum {percent(rule['running_max'])}")
     elif rule["name"] == "relative_collapse":
-        fell = (f"monitor PGD accuracy {percent(pgd)} is below {rule['relative_fraction']:g} times its running "
-                f"maximum {percent(rule['running_max'])} (the {percent(rule['level'])} level)")
+        fell = (f"monitor PGD accuracy {percent(pgd)} is below {rule['relative_fraction']:g} times its "
+                f"running maximum {percent(rule['running_max'])} (the {percent(rule['level'])} level)")
     else:
         fell = "FGSM accuracy stands far above PGD accuracy without a fall from a robust phase"
     return (f"{fell}, with the CO signature ({_signature_text(row)}: PGD below "
@@ -344,8 +347,8 @@ def _confirmation(onset: Onset) -> str:
         return (f"; confirmed at step {onset.confirmed_step}, where PGD accuracy was still below the {level} "
                 f"level with the signature {after}.")
     if onset.confirmed_by == "repeat_check":
-        return (f"; confirmed by a repeat of that last check on the same images and weights with fresh attack "
-                f"noise {after}, still below the {level} level with the signature.")
+        return (f"; confirmed by a repeat of that last check on the same images and weights with fresh "
+                f"attack noise {after}, still below the {level} level with the signature.")
     return " (unconfirmed: monitor.confirm is off)."
 
 
@@ -353,11 +356,12 @@ def _diverged(history: Sequence[Mapping[str, Any]]) -> str:
     """A sentence when clean accuracy fell far below its peak (an optimisation failure, not CO), else ''."""
     best = max(history, key=lambda row: row["clean_accuracy"])
     last = history[-1]
-    if last["clean_accuracy"] >= 0.6 * best["clean_accuracy"] or best["clean_accuracy"] - last["clean_accuracy"] < 0.1:
+    peak, end = best["clean_accuracy"], last["clean_accuracy"]
+    if end >= 0.6 * peak or peak - end < 0.1:
         return ""
     return (f" Clean accuracy fell from {percent(best['clean_accuracy'])} (step {best['step']}) to "
-            f"{percent(last['clean_accuracy'])} with FGSM and PGD accuracy alongside: the optimisation failed "
-            "(divergence), which is not catastrophic overfitting.")
+            f"{percent(last['clean_accuracy'])} with FGSM and PGD accuracy alongside: the optimisation "
+            "failed (divergence), which is not catastrophic overfitting.")
 
 
 def _held_out_text(verdict: Verdict) -> str:
@@ -365,9 +369,10 @@ def _held_out_text(verdict: Verdict) -> str:
     if held is None:
         return " Evidence: the monitor's training images only (monitor.test_images is 0)."
     found = (f"CO from step {held.onset.onset_step}" if held.code == "co" and held.onset else
-             {"no_co": "no collapse", "never_robust": "never robust", "suspected": "a collapse suspected at the "
-              "last check", "co": "CO"}[held.code])
-    agrees = held.code == verdict.code and (held.code != "co" or held.onset.onset_step == verdict.onset.onset_step)
+             {"no_co": "no collapse", "never_robust": "never robust", "co": "CO",
+              "suspected": "a collapse suspected at the last check"}[held.code])
+    agrees = held.code == verdict.code and (
+        held.code != "co" or held.onset.onset_step == verdict.onset.onset_step)
     return (f" Evidence: the monitor's training images; the held-out check on test images "
             f"{'agrees' if agrees else 'differs'} ({found}, held-out PGD accuracy peak "
             f"{percent(held.peak['pgd_accuracy'])}).")
@@ -402,7 +407,7 @@ def verdict_text(verdict: Verdict, history: Sequence[Mapping[str, Any]]) -> str:
         text += _diverged(history)
     if transients := verdict.transients:
         first, last = transients[0]
-        text += (f" The signature also appeared at step{'s' if last != first else ''} "
-                 f"{first}{f'-{last}' if last != first else ''} and went away"
-                 f"{f' ({len(transients)} such stretches)' if len(transients) > 1 else ''}: not counted as CO.")
+        steps = f"step {first}" if last == first else f"steps {first}-{last}"
+        more = f" ({len(transients)} such stretches)" if len(transients) > 1 else ""
+        text += f" The signature also appeared at {steps} and went away{more}: not counted as CO."
     return text + _held_out_text(verdict)

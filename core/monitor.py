@@ -65,9 +65,10 @@ class Monitor:
 
     def check(self, model: nn.Module, step: int, epoch: int, curvature: bool = False,
               repeat: bool = False) -> dict[str, Any]:
-        """One monitor row for the model as it is now (eval mode inside; mode restored after). ``repeat``:
-        the same check again with fresh attack noise (the like-for-like confirmation of a last-check firing)."""
-        generator = torch.Generator(self.x.device).manual_seed(self.spec.seed * 7919 + step + REPEAT_SEED * repeat)
+        """One monitor row for the model as it is now (eval mode inside; mode restored after). ``repeat``: the
+        same check again with fresh attack noise (the like-for-like confirmation of a last-check firing)."""
+        seed = self.spec.seed * 7919 + step + REPEAT_SEED * repeat
+        generator = torch.Generator(self.x.device).manual_seed(seed)
         # a repeat is its own kind: stores keep one row per (kind, step), and it shares the last check's step
         row: dict[str, Any] = ({"kind": "recheck", "step": step, "epoch": epoch, "repeat": True} if repeat
                                else {"kind": "monitor", "step": step, "epoch": epoch})

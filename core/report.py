@@ -52,25 +52,28 @@ def judge(report: dict[str, Any], history: list[dict[str, Any]]) -> tuple[Verdic
 
 
 def _rescued(co: dict[str, Any], rescues: list[dict[str, Any]], after: Verdict) -> str:
-    """A rescued run's verdict is ``co`` (CO began; the rescue is what followed), with the first trigger as the
-    onset and how the run ended after the last rescue as ``co.rescue.after``; returns the sentence."""
+    """A rescued run's verdict is ``co`` (CO began; the rescue is what followed), with the first trigger as
+    the onset and how the run ended after the last rescue as ``co.rescue.after``; returns the sentence."""
     first, last = rescues[0], rescues[-1]
-    ended_collapsed = after.code == "co" and after.onset is not None and after.onset.onset_step > last["at_step"]
+    ended_collapsed = (after.code == "co" and after.onset is not None
+                       and after.onset.onset_step > last["at_step"])
     co["rescue"]["after"] = {"verdict": "co" if ended_collapsed else "no_co",
                              "onset_step": after.onset.onset_step if ended_collapsed else None}
-    co.update(detected=True, verdict="co", onset_step=first["onset_step"], confirmed_step=first["confirmed_step"],
-              confirmed_by="next_check", rule={"name": first["rule"]})
+    co.update(detected=True, verdict="co", onset_step=first["onset_step"], rule={"name": first["rule"]},
+              confirmed_step=first["confirmed_step"], confirmed_by="next_check")
     actions = "; ".join(
-        f"rescue {r['number']} at step {r['at_step']}: the best-robust weights of step {r['weights_from_step']} "
-        f"(monitor PGD {percent(r['best_monitor_pgd_accuracy'])}) and their optimizer state restored, training "
-        f"went on with {r['method']} (alpha {r['alpha']:g}/255"
+        f"rescue {r['number']} at step {r['at_step']}: the best-robust weights of step "
+        f"{r['weights_from_step']} (monitor PGD {percent(r['best_monitor_pgd_accuracy'])}) and their "
+        f"optimizer state restored, training went on with {r['method']} (alpha {r['alpha']:g}/255"
         + (f", noise {r['noise_magnitude']:g}/255" if r["noise_magnitude"] else "")
         + (f", learning rate x {r['lr_scale']:g}" if r["lr_scale"] != 1 else "") + ")" for r in rescues)
     outcome = (f"it collapsed again at step {after.onset.onset_step}" if ended_collapsed else
-               f"it did not collapse again (monitor PGD accuracy ended at {percent(after.last['pgd_accuracy'])})")
-    text = (f"Catastrophic overfitting began at step {first['onset_step']} (the {first['rule']} rule, confirmed at "
-            f"step {first['confirmed_step']}: monitor PGD {percent(first['evidence']['pgd_accuracy'])}, FGSM "
-            f"{percent(first['evidence']['fgsm_accuracy'])}) and was rescued; {actions}. After the rescue {outcome}.")
+               "it did not collapse again (monitor PGD accuracy ended at "
+               f"{percent(after.last['pgd_accuracy'])})")
+    evidence = first["evidence"]
+    text = (f"Catastrophic overfitting began at step {first['onset_step']} (the {first['rule']} rule, "
+            f"confirmed at step {first['confirmed_step']}: monitor PGD {percent(evidence['pgd_accuracy'])}, "
+            f"FGSM {percent(evidence['fgsm_accuracy'])}) and was rescued; {actions}. After the rescue {outcome}.")
     co["verdict_text"] = text
     return text
 
@@ -214,7 +217,8 @@ def plot_curves(history: list[dict[str, Any]], path: Path, onset: Onset | None =
         if onset is not None:
             axis.axvline(onset.onset_step, color="red", linestyle="--", linewidth=1, label="CO onset")
         for number, step in enumerate(rescues):
-            axis.axvline(step, color="green", linestyle=":", linewidth=1.5, label="CO rescue" if not number else None)
+            axis.axvline(step, color="green", linestyle=":", linewidth=1.5,
+                         label="CO rescue" if not number else None)
         if axis.get_legend_handles_labels()[0]:
             axis.legend(loc="best", fontsize=8)
     figure.tight_layout()

@@ -130,10 +130,10 @@ class RescueSpec(_Section):
     best-robust weights and their optimizer state, then train the remaining steps with ``method``."""
 
     trigger: Literal["confirmed_onset"] = "confirmed_onset"  # leading indicators: only once measured earlier
-    method: Literal["n_fgsm", "grad_align", "fgsm"] = "n_fgsm"  # at the run's epsilon; N-FGSM with its defaults
+    method: Literal["n_fgsm", "grad_align", "fgsm"] = "n_fgsm"  # at the run's epsilon, with its defaults
     fgsm_step_fraction: float = Field(0.5, gt=0.0, le=1.0)  # method fgsm: step alpha = this x epsilon
     lr_scale: float = Field(1.0, gt=0.0, le=1.0)  # the remaining learning rates times this
-    max_rescues: int = Field(1, ge=1, le=10)  # further confirmed onsets after the last rescue are reported only
+    max_rescues: int = Field(1, ge=1, le=10)  # onsets after the last rescue are reported only
 
 
 class MonitorSpec(_Section):
@@ -146,8 +146,8 @@ class MonitorSpec(_Section):
     @model_validator(mode="before")
     @classmethod
     def _drop_retired_fields(cls, data: Any) -> Any:
-        """``min_gap`` (R2's FGSM-PGD gap before issue 21) is retired: stored specs that carry it still load, and
-        are judged by today's rules (``signature_gap`` took its place with another meaning)."""
+        """``min_gap`` (R2's FGSM-PGD gap before issue 21) is retired: stored specs that carry it still load,
+        and are judged by today's rules (``signature_gap`` took its place with another meaning)."""
         if isinstance(data, dict) and "min_gap" in data:
             data = {key: value for key, value in data.items() if key != "min_gap"}
         return data
@@ -176,8 +176,9 @@ class MonitorSpec(_Section):
     curvature_every_epochs: int = Field(0, ge=0, le=1000)  # top input-Hessian eigenvalue cadence; 0 = off
     curvature_iterations: int = Field(20, ge=1, le=1000)  # power-iteration steps
     curvature_subspace: Literal["full", "carrier", "complement"] = "full"  # span(V), span(V)-perp or all
-    co_policy: Literal["report", "stop", "continue", "rescue"] = "report"  # what the trainer does at a confirmed
-    # onset; rescue: restore the best-robust weights and optimizer state, go on with a safer attack (``rescue``)
+    # what the trainer does at a confirmed onset; rescue: restore the best-robust weights and optimizer state,
+    # then go on with a safer attack (``rescue``)
+    co_policy: Literal["report", "stop", "continue", "rescue"] = "report"
     rescue: RescueSpec = RescueSpec()
 
 
@@ -217,9 +218,9 @@ class JobSpec(_Section):
     def sha256(self) -> str:
         """Stable digest of the resolved spec, stored in checkpoints to refuse a resume with another spec.
         Fields added later (``dry_run``, ``training.max_steps``, ``training.deterministic``) count only when
-        set: specs (and checkpoints) from before them keep their digest. ``monitor.never_robust_margin`` only reads the
-        stored checks, so a resume may change it; so do the signature's thresholds unless a policy acts on the
-        onset (``stop``, ``rescue``), and ``monitor.rescue`` unless the policy is ``rescue``."""
+        set: specs (and checkpoints) from before them keep their digest. ``monitor.never_robust_margin`` only
+        reads the stored checks, so a resume may change it; so do the signature's thresholds unless a policy
+        acts on the onset (``stop``, ``rescue``), and ``monitor.rescue`` unless the policy is ``rescue``."""
         unset: dict[str, Any] = {}
         if not self.dry_run:
             unset["dry_run"] = True
@@ -230,9 +231,9 @@ class JobSpec(_Section):
         monitor = data["monitor"]
         if self.monitor.co_policy != "rescue":  # read only by the rescue policy
             del monitor["rescue"]
-        if self.monitor.co_policy in ("report", "continue"):  # the signature then only reads the stored checks:
-            del monitor["signature_gap"], monitor["signature_ratio"]  # digests from before issue 21 still hold,
-            monitor["min_gap"] = 0.30  # with the default of the field the signature retired
+        if self.monitor.co_policy in ("report", "continue"):  # the signature then only reads the stored
+            del monitor["signature_gap"], monitor["signature_ratio"]  # checks: digests from before issue 21
+            monitor["min_gap"] = 0.30  # still hold, with the default of the field the signature retired
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 

@@ -415,13 +415,13 @@ class _Run:
         state.rescue_method = rescue.method
         self._rescued_training = None
         training = self._training_now()
+        evidence = {key: onset.after[key] for key in ("pgd_accuracy", "fgsm_accuracy", "clean_accuracy")}
         record = {"number": len(state.rescues) + 1, "trigger": rescue.trigger, "at_step": state.step,
-                  "epoch": state.epoch, "onset_step": onset.onset_step, "confirmed_step": onset.confirmed_step,
-                  "rule": onset.rule["name"],
-                  "evidence": {key: onset.after[key] for key in ("pgd_accuracy", "fgsm_accuracy", "clean_accuracy")},
+                  "epoch": state.epoch, "onset_step": onset.onset_step,
+                  "confirmed_step": onset.confirmed_step, "rule": onset.rule["name"], "evidence": evidence,
                   "weights_from_step": best["step"], "best_monitor_pgd_accuracy": state.best_pgd_accuracy,
-                  "method": training.method, "alpha": training.alpha, "noise_magnitude": training.noise_magnitude,
-                  "lr_scale": rescue.lr_scale}
+                  "method": training.method, "alpha": training.alpha,
+                  "noise_magnitude": training.noise_magnitude, "lr_scale": rescue.lr_scale}
         state.rescues.append(record)
         state.onset, state.watch_from_step = None, state.step  # watch the rescued run afresh
         self.save()
@@ -434,10 +434,11 @@ class _Run:
             return self.t
         if self._rescued_training is None:
             rescue, t = self.spec.monitor.rescue, self.t
-            rescued = JobSpec.model_validate({**self.spec.model_dump(), "training": {
-                **t.model_dump(), "method": rescue.method, "alpha": None, "noise_magnitude": None}}).resolved()
-            alpha = t.epsilon * rescue.fgsm_step_fraction if rescue.method == "fgsm" else rescued.training.alpha
-            self._rescued_training = rescued.training.model_copy(update={"alpha": alpha})
+            training = {**t.model_dump(), "method": rescue.method, "alpha": None, "noise_magnitude": None}
+            spec = JobSpec.model_validate({**self.spec.model_dump(), "training": training})
+            rescued = spec.resolved().training
+            alpha = t.epsilon * rescue.fgsm_step_fraction if rescue.method == "fgsm" else rescued.alpha
+            self._rescued_training = rescued.model_copy(update={"alpha": alpha})
         return self._rescued_training
 
     def _monitor_row(self, curvature: bool, repeat: bool = False) -> dict[str, Any]:

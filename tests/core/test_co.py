@@ -224,6 +224,11 @@ def test_the_held_out_check_is_judged_too_and_the_sentence_names_the_evidence():
         row["test_pgd_accuracy"] = 0.3  # the test curve says nothing happened
     v = verdict(h)
     assert v.code == "co" and v.held_out.code == "no_co" and "differs (no collapse" in verdict_text(v, h)
+    healthy = history([0.30, 0.32, 0.31, 0.33], fgsm=0.4, clean=0.6)  # and the other way round
+    for row, test_pgd in zip(healthy, [0.28, 0.30, 0.03, 0.02], strict=True):
+        row.update(test_clean_accuracy=0.58, test_fgsm_accuracy=0.5, test_pgd_accuracy=test_pgd)
+    v = verdict(healthy)
+    assert v.code == "no_co" and "differs (CO from step 400" in verdict_text(v, healthy)
 
 
 def test_sentence_names_the_rule_and_its_numbers():
