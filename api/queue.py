@@ -61,7 +61,27 @@ def publish_and_mark(settings: Settings, publisher: Publisher, job_id: str, queu
     return True
 
 
-class Reconciler(threading.Thread):
+class Periodic(threading.Thread):
+    """A daemon thread of the API process that runs ``once`` every ``period`` seconds until ``stopped`` is
+    set; a pass that fails is logged and the next one runs as usual."""
+
+    def __init__(self, name: str, period: float) -> None:
+        super().__init__(name=name, daemon=True)
+        self.period = period
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.period):
+            try:
+                self.once()
+            except Exception:
+                log.exception("%s pass failed", self.name)
+
+    def once(self) -> object:
+        raise NotImplementedError
+
+
+class Reconciler(Periodic):
     """Every ``reconcile_seconds``: requeue running jobs whose lease expired (or fail them past the attempt
     cap), send queued jobs that never got a message, and re-send the ones waiting longer than
     ``requeue_queued_after_seconds`` when their queue holds fewer messages than it has jobs waiting (a broker
@@ -69,16 +89,11 @@ class Reconciler(threading.Thread):
     more than once: workers claim jobs with a compare-and-set, so an extra message is a no-op."""
 
     def __init__(self, settings: Settings, publisher: Publisher) -> None:
-        super().__init__(name="coscope-reconciler", daemon=True)
+        super().__init__("coscope-reconciler", settings.reconcile_seconds)
         self.settings, self.publisher = settings, publisher
-        self.stopped = threading.Event()
 
-    def run(self) -> None:
-        while not self.stopped.wait(self.settings.reconcile_seconds):
-            try:
-                self.reconcile_once()
-            except Exception:
-                log.exception("reconcile pass failed")
+    def once(self) -> list[str]:
+        return self.reconcile_once()
 
     def reconcile_once(self) -> list[str]:
         finished: list[str] = []
@@ -97,23 +112,18 @@ class Reconciler(threading.Thread):
         return ids
 
 
-class SweepKeeper(threading.Thread):
+class SweepKeeper(Periodic):
     """Every ``sweep_release_seconds``: release sweeps' held children as their teams' quotas allow
     (``store.sweeps.release_held``), write the sweeps' derived status, and send ``sweep.finished`` for the
     ones that just finished. Safe to run in several API processes: the moves are counted under each team's
     lock (``store.crud.lock_team``), and each move and each finish is a conditional update."""
 
     def __init__(self, settings: Settings, publisher: Publisher) -> None:
-        super().__init__(name="coscope-sweep-keeper", daemon=True)
+        super().__init__("coscope-sweep-keeper", settings.sweep_release_seconds)
         self.settings, self.publisher = settings, publisher
-        self.stopped = threading.Event()
 
-    def run(self) -> None:
-        while not self.stopped.wait(self.settings.sweep_release_seconds):
-            try:
-                self.keep_once()
-            except Exception:
-                log.exception("sweep keeper pass failed")
+    def once(self) -> tuple[list[tuple[str, str]], list[str]]:
+        return self.keep_once()
 
     def keep_once(self) -> tuple[list[tuple[str, str]], list[str]]:
         with session_scope(self.settings.database) as session:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
-import threading
 
+from api.queue import Periodic
 from store import retention
 from store.db import session_scope
 from store.settings import Settings
@@ -13,22 +13,17 @@ log = logging.getLogger("coscope.api")
 MAX_BATCHES = 20  # per pass: at most 20 x RETENTION_BATCH jobs, then the next pass goes on
 
 
-class RetentionKeeper(threading.Thread):
+class RetentionKeeper(Periodic):
     """Every ``retention_seconds``: delete the checkpoints of jobs finished longer ago than the retention
     policy, batch by batch (each batch its own transaction). Does nothing while no policy is set. Safe to run
     in several API processes (``store.retention``)."""
 
     def __init__(self, settings: Settings) -> None:
-        super().__init__(name="coscope-retention", daemon=True)
+        super().__init__("coscope-retention", settings.retention_seconds)
         self.settings = settings
-        self.stopped = threading.Event()
 
-    def run(self) -> None:
-        while not self.stopped.wait(self.settings.retention_seconds):
-            try:
-                self.prune_once()
-            except Exception:
-                log.exception("retention pass failed")
+    def once(self) -> retention.Pruned:
+        return self.prune_once()
 
     def prune_once(self) -> retention.Pruned:
         policy = retention.Policy.from_settings(self.settings)
