@@ -35,7 +35,7 @@ def spec_for(arm: str, seed: int, precision: str, max_steps: int | None) -> dict
     return spec
 
 
-def main() -> None:
+def arguments() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--jobs", type=int, default=2, help="runs at once (two share an H200 well)")
@@ -44,7 +44,11 @@ def main() -> None:
     parser.add_argument("--data-root", default=str(ROOT.parent / "shared/data"))
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "paper")
     parser.add_argument("--max-steps", type=int, default=None, help="stop after N steps (smoke runs)")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = arguments().parse_args()
 
     work = [(f"{arm}-eps6-{args.precision}-seed{seed}", spec_for(arm, seed, args.precision, args.max_steps))
             for seed in args.seeds for arm in PAIR]
