@@ -838,9 +838,11 @@ def test_r14_killed_and_resumed_run_ends_with_the_weights_of_an_uninterrupted_ru
     assert second[0]["data"]["step"] >= 2 * 8, second[0]  # resumed from the checkpoint, not from step 0
     chaos.settle("R14 killed after epoch 2 and resumed", resumed["id"])
 
+    from core import checkpoint  # the project's loader: weights_only=True
+
     settings = stack.settings()
-    weights = [torch.load(settings.attempt_folder(job["id"], attempt) / "checkpoint.pt", map_location="cpu",
-                          weights_only=True) for job, attempt in ((resumed, 2), (straight, 1))]
+    weights = [checkpoint.load(settings.attempt_folder(job["id"], attempt) / "checkpoint.pt", "cpu")
+               for job, attempt in ((resumed, 2), (straight, 1))]
     assert weights[0]["state"]["step"] == weights[1]["state"]["step"] == steps
     models = [checkpoint["model"] for checkpoint in weights]
     assert models[0].keys() == models[1].keys() and models[0]
