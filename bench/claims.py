@@ -114,9 +114,33 @@ def corpus_runs(seeds: list[int], width: int = 16, **_: object) -> Iterator[tupl
                               "training": {"epsilon": eps}})
 
 
+RESCUE_ARMS = {  # arm: (training overrides, monitor overrides, evaluation overrides); issue 24's comparison
+    "pgd10": ({"method": "pgd", "pgd_steps": 10}, {}, {"autoattack": "standard"}),
+    "rescue": ({"method": "fgsm"}, {"co_policy": "rescue"}, {"autoattack": "standard"}),
+    "fgsm": ({"method": "fgsm"}, {}, {}),
+    "nfgsm": ({"method": "n_fgsm"}, {}, {}),
+}
+
+
+def rescue_runs(seeds: list[int], **_: object) -> Iterator[tuple[str, dict]]:
+    """FGSM, FGSM + rescue, N-FGSM and PGD-10 where FGSM collapses reliably at CPU scale (issue 24): the corpus
+    scale at width 8 with the He block, eps 12, plain and beta 8 (2 of 2 and 2 of 2 collapsed in the corpus).
+    A check every 20 steps (an epoch is 39), so that the rescue finds pre-onset weights; PGD-50-10 on 500
+    class-stratified test images, and AutoAttack on the same images for the rescued and PGD-10 arms."""
+    small = merged(BASE, {"dataset": {"train_subset": 5000}, "training": {"epochs": 6, "epsilon": 12},
+                          "model": {"arch": "preact_resnet18_he", "width": 8},
+                          "monitor": {"train_images": 256, "test_images": 200, "every_steps": 20}})
+    for seed in seeds:
+        for beta in (0, 8):
+            for arm, (training, monitor, evaluation) in RESCUE_ARMS.items():
+                yield f"rescue-{arm}-beta{beta}-eps12-seed{seed}", merged(small, {
+                    "seed": seed, "intervention": intervention(beta), "training": training, "monitor": monitor,
+                    "evaluation": evaluation})
+
+
 SMOKE = {"evaluation": {"test_subset": 20, "pgd_steps": 2, "restarts": 1},
          "monitor": {"train_images": 20, "test_images": 20, "indicator_images": 20, "curvature_iterations": 2}}
-GROUPS = {"map": map_runs, "b2full": b2full_runs, "arms": arm_runs, "corpus": corpus_runs,
+GROUPS = {"map": map_runs, "b2full": b2full_runs, "arms": arm_runs, "corpus": corpus_runs, "rescue": rescue_runs,
           "corpus-w8": lambda **options: corpus_runs(width=8, **options)}
 
 
