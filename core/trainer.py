@@ -397,7 +397,8 @@ class _Run:
                 state.onset = onset.to_dict()
                 if settings.co_policy != "continue":  # the verdict so far: "co", or "never_robust" (core.co)
                     so_far = classify(rows, settings, chance_level=chance_level(self.monitor.class_counts))
-                    self.callbacks.on_event({"type": "co_onset", **state.onset, "verdict": so_far.code})
+                    earlier = {"rescue": {"rescues": state.rescues}} if state.rescues else {}  # a later onset
+                    self.callbacks.on_event({"type": "co_onset", **state.onset, "verdict": so_far.code, **earlier})
                 if settings.co_policy == "stop":
                     self._load_best()
                     state.stopped_early = True

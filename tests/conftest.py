@@ -29,6 +29,13 @@ DIVERGING = {"model": {"arch": "small_cnn", "width": 4},
              "training": {"lr_max": 10.0, "weight_decay": 1.0, "lr_schedule": "multistep", "epochs": 3}}
 
 
+# A real rescue on synthetic data, no fault hook: a check every 2 steps, and rules that need no CO signature and
+# fire at the first fall of monitor PGD accuracy below its running maximum (confirmed at the next check), so a
+# few-epoch run of tiny data rescues within its first checks. It exercises the rescue machinery, not CO.
+HAIR_TRIGGER_RESCUE = {"every_steps": 2, "co_policy": "rescue", "signature_gap": 0.0, "signature_ratio": 1.0,
+                       "relative_fraction": 1.0, "min_peak": 0.0}
+
+
 @pytest.fixture(scope="module")
 def single_thread():
     """Small tensors: one intra-op thread avoids oversubscription slowdowns on a busy 2-core machine."""

@@ -76,7 +76,8 @@ class Reporter:
         self.metrics: list[dict[str, Any]] = []
         self.events: list[tuple[str, dict[str, Any]]] = []
         self.progress: dict[str, Any] | None = None
-        self.co: dict[str, Any] | None = None
+        self.co: dict[str, Any] | None = None  # the job's co to write at the next flush
+        self.live_co: dict[str, Any] | None = None  # the last co written while the run goes on (onset, rescues)
         self.last_flush = 0.0
         self.started = time.monotonic()
         self.first_step: int | None = None
@@ -93,11 +94,14 @@ class Reporter:
             if kind != "metrics":
                 self.events.append((kind, row))
         elif kind == "co_onset":  # carries the verdict so far: "co", or "never_robust" (core/co.py)
-            self.co = {"detected": event.get("verdict", "co") == "co",
-                       **{k: v for k, v in event.items() if k != "type"}}
+            self.co = self.live_co = {"detected": event.get("verdict", "co") == "co",
+                                      **{k: v for k, v in event.items() if k != "type"}}
             self.events.append(("co_onset", self.co))
-        elif kind == "co_rescued":  # monitor.co_policy rescue: what was restored and what trains now
-            self.events.append(("co_rescued", {k: v for k, v in event.items() if k != "type"}))
+        elif kind == "co_rescued":  # monitor.co_policy rescue: what was restored and what trains now; the job's
+            rescue = {k: v for k, v in event.items() if k != "type"}  # co shows it before the run ends
+            earlier = ((self.live_co or {}).get("rescue") or {}).get("rescues", [])
+            self.co = self.live_co = {**(self.live_co or {}), "rescue": {"rescues": [*earlier, rescue]}}
+            self.events.append(("co_rescued", rescue))
         elif kind == "finished" and event.get("co") is not None:  # the final verdict, without the indices
             self.co = {k: v for k, v in event["co"].items() if k != "monitor"}
             self.events.append(("co_verdict", self.co))

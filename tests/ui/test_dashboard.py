@@ -17,6 +17,7 @@ from selenium.webdriver.support.select import Select
 from selenium.webdriver.support.ui import WebDriverWait
 
 from coscope.harness import SLOWNESS
+from tests.conftest import HAIR_TRIGGER_RESCUE
 from tests.service.conftest import job_spec
 from tests.ui.conftest import WAIT_SECONDS, non_blank_share
 
@@ -140,6 +141,37 @@ def test_a_running_jobs_curves_grow_over_sse_until_it_finishes(page, stack, api,
     (tmp_path / "curves.png").write_bytes(png)
     assert non_blank_share(png) > 0.05  # axes, ticks, lines and legends drawn, not an empty region
     assert len(curves.find_elements(By.CSS_SELECTOR, "polyline")) >= 6
+
+
+def test_a_rescued_jobs_page_shows_each_rescue_while_it_runs_and_after(page, stack, api, member_key):
+    """Issue 24: a real rescue (HAIR_TRIGGER_RESCUE: synthetic data, a check every 2 steps) is listed in words
+    under the verdict while the job still trains, each rescue is a green line on every panel next to the red
+    onset line, and the job list's badge says the run was rescued."""
+    spec = job_spec(epochs=40, train_size=128)  # 4 steps an epoch: the rescue comes within the first epochs
+    spec["monitor"].update(HAIR_TRIGGER_RESCUE)
+    job = api.submit(spec, name="ui-rescue", tags=["ui"])
+    sign_in(page, stack.url, member_key, then=f"/ui/jobs/{job['id']}")
+    listed = "[data-testid=rescues] li"
+    wait(page, lambda d: d.find_elements(By.CSS_SELECTOR, listed), timeout=240 * SLOWNESS)
+    progress = api.job(job["id"])["progress"]
+    assert progress["step"] < progress["total_steps"], progress  # shown while it trains
+    final = api.wait_finished(job["id"], timeout=240 * SLOWNESS)
+    rescues = final["co"]["rescue"]["rescues"]
+    wait(page, lambda d: text_of(d, "#job-status") == "succeeded", timeout=60 * SLOWNESS)
+    items = page.find_elements(By.CSS_SELECTOR, listed)
+    assert [int(item.get_attribute("data-step")) for item in items] == [r["at_step"] for r in rescues]
+    first = rescues[0]
+    assert items[0].text.startswith(f"Rescue 1 at step {first['at_step']} (onset at step {first['onset_step']}")
+    assert f"weights of step {first['weights_from_step']}" in items[0].text and "N-FGSM" in items[0].text
+    curves = page.find_element(By.CSS_SELECTOR, "[data-testid=curves]")
+    assert len(curves.find_elements(By.CSS_SELECTOR, "line.rescue")) == 4 * len(rescues)  # every panel
+    assert len(curves.find_elements(By.CSS_SELECTOR, "line.onset")) == 4
+    assert final["co"]["verdict"] == "co" and "was rescued" in text_of(page, "[data-testid=verdict]")
+    page.get(f"{stack.url}/ui/jobs")
+    row = f"tr[data-job-id='{job['id']}']"
+    wait(page, lambda d: d.find_elements(By.CSS_SELECTOR, row))
+    badge = page.find_element(By.CSS_SELECTOR, row).find_elements(By.TAG_NAME, "td")[3]
+    assert badge.text == f"CO at step {final['co']['onset_step']}, rescued"
 
 
 def test_cancel_a_waiting_job_from_its_page(page, stack, api, member_key):

@@ -3,13 +3,16 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 
 from store import crud
 from store.db import session_scope
 from store.models import Job, JobEvent
 from store.settings import Settings
-from tests.conftest import DIVERGING, tiny_spec
+from tests.conftest import DIVERGING, HAIR_TRIGGER_RESCUE, tiny_spec
 from tests.worker.utils import queued_job
 from worker import shutdown
 from worker.runner import run
@@ -32,6 +35,42 @@ def test_r10_a_real_nan_loss_fails_the_job_as_diverged_once(tmp_path, single_thr
     assert run(job_id, settings, worker="test") == "finished"  # a redelivery is a no-op
     with session_scope(settings.database) as session:
         assert session.get(Job, job_id).attempt == 1
+
+
+def test_a_rescue_shows_in_the_jobs_co_while_the_run_goes_on_and_in_its_final_verdict(tmp_path, single_thread):
+    """Issue 24: the job's ``co`` (what the API, the dashboard and webhooks read) carries the rescue from the
+    moment it happens, not only once the run ends; the stored ``co_rescued`` event holds the same record."""
+    settings = Settings(home=tmp_path)
+    spec = tiny_spec(training={"epochs": 12}, monitor=HAIR_TRIGGER_RESCUE).model_dump(mode="json")
+    job_id = queued_job(settings, spec)
+    seen_running: list[dict] = []
+
+    def watch() -> None:
+        while not seen_running:
+            with session_scope(settings.database) as session:
+                job = session.get(Job, job_id)
+                if job.status != "running" and job.status != "queued":
+                    return
+                progress = job.progress or {}
+                if (job.co or {}).get("rescue") and progress.get("step", 0) < progress.get("total_steps", 0):
+                    seen_running.append(job.co)  # mid-run, not the final verdict written at the end
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    assert run(job_id, settings, worker="test") == "succeeded"
+    watcher.join()
+    assert seen_running, "the rescue was not in the job's co while it ran"
+    live = seen_running[0]
+    assert (live["verdict"], live["detected"]) == ("co", True)
+    with session_scope(settings.database) as session:
+        job = session.get(Job, job_id)
+        events = [e.data for e in session.query(JobEvent).filter_by(job_id=job_id, type="co_rescued")]
+        final = job.co
+    assert live["rescue"]["rescues"] == events and len(events) == 1
+    assert events[0]["method"] == "n_fgsm" and events[0]["at_step"] < 12 * 3
+    assert [r["at_step"] for r in final["rescue"]["rescues"]] == [events[0]["at_step"]]
+    assert final["verdict"] == "co" and "was rescued" in final["verdict_text"]
 
 
 def test_a_time_limit_inside_a_database_write_is_still_time_limit(tmp_path, monkeypatch):

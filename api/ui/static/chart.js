@@ -1,5 +1,5 @@
 // A small SVG line chart (no library): series of [step, value] points, optional log scale, an optional
-// vertical marker (the CO onset). Colours come from presentation attributes, so the strict CSP holds.
+// vertical markers (the CO onset, rescues). Colours come from presentation attributes, so the strict CSP holds.
 
 const SVG = "http://www.w3.org/2000/svg";
 const WIDTH = 640;
@@ -32,14 +32,15 @@ function label(value, log) {
 }
 
 /** A <figure> with the chart and its legend; ``dataset.points`` is the number of points drawn. */
-export function lineChart({title, series, log = false, yMin, yMax, marker}) {
+export function lineChart({title, series, log = false, yMin, yMax, markers = []}) {
+  markers = markers.filter((marker) => isFinite(marker.x));
   const transform = log ? (v) => Math.log10(Math.max(v, 1e-12)) : (v) => v;
   const drawn = series.map((s) => ({...s, points: s.points.filter(([x, y]) => isFinite(x) && isFinite(y) && (!log || y > 0))}));
   const all = drawn.flatMap((s) => s.points);
   const xs = all.map(([x]) => x);
   const ys = all.map(([, y]) => transform(y));
   let [x0, x1] = xs.length ? [Math.min(...xs), Math.max(...xs)] : [0, 1];
-  if (marker && isFinite(marker.x)) [x0, x1] = [Math.min(x0, marker.x), Math.max(x1, marker.x)];
+  for (const {x} of markers) [x0, x1] = [Math.min(x0, x), Math.max(x1, x)];
   if (x1 === x0) x1 = x0 + 1;
   let y0 = yMin ?? (ys.length ? Math.min(...ys) : 0);
   let y1 = yMax ?? (ys.length ? Math.max(...ys) : 1);
@@ -72,12 +73,15 @@ export function lineChart({title, series, log = false, yMin, yMax, marker}) {
       for (const [x, y] of s.points) chart.append(svg("circle", {cx: px(x), cy: py(y), r: 2.2, fill: colour}));
     }
   });
-  if (marker && isFinite(marker.x)) {
+  markers.forEach((marker, index) => { // {x, label, kind: "onset" (red, dashed) or "rescue" (green)}
     const x = px(marker.x);
-    chart.append(svg("line", {x1: x, x2: x, y1: PAD.top, y2: HEIGHT - PAD.bottom, stroke: "#b00020",
-                              "stroke-dasharray": "5 4", "stroke-width": 1.5, class: "onset"}));
-    chart.append(svg("text", {x: x + 4, y: PAD.top + 12, class: "onset-label", fill: "#b00020"}, marker.label));
-  }
+    const colour = marker.kind === "rescue" ? "#1b7a36" : "#b00020";
+    chart.append(svg("line", {x1: x, x2: x, y1: PAD.top, y2: HEIGHT - PAD.bottom, stroke: colour,
+                              "stroke-dasharray": marker.kind === "rescue" ? "none" : "5 4", "stroke-width": 1.5,
+                              class: marker.kind || "onset"}));
+    chart.append(svg("text", {x: x + 4, y: PAD.top + 12 + 13 * index, class: "marker-label", fill: colour},
+                     marker.label));
+  });
 
   const legend = document.createElement("ul");
   legend.className = "legend";

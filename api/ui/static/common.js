@@ -110,6 +110,7 @@ export function progressText(job) {
 export function verdict(job) {
   const co = job.co;
   const code = co?.verdict ?? (co?.detected ? "co" : null);
+  if (code === "co" && co.rescue?.rescues?.length) return {kind: "rescued", text: `CO at step ${co.onset_step ?? "?"}, rescued`};
   if (code === "co") return {kind: "co", text: `CO at step ${co.onset_step ?? "?"}`};
   if (code === "suspected") return {kind: "suspected", text: `CO suspected at step ${co.onset_step ?? "?"}`};
   if (code === "never_robust") return {kind: "never", text: "never robust"};

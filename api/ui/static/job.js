@@ -1,4 +1,5 @@
-// One job: status, progress and ETA, the CO verdict in words, live curves over SSE, artifacts, spec, cancel.
+// One job: status, progress and ETA, the CO verdict in words and its rescues, live curves over SSE, artifacts,
+// spec, cancel.
 import {lineChart} from "./chart.js";
 import {FINISHED, api, apiJSON, download, follow, h, initShell, percent, progressText, setStatus,
   showMessage, verdict} from "./common.js";
@@ -21,25 +22,39 @@ const series = (kind, field, name) => ({
     .map((row) => [row.step, row[field]]).sort((a, b) => a[0] - b[0]),
 });
 
-function onsetMarker() {
+const rescues = () => job?.co?.rescue?.rescues ?? [];
+
+function markers() {
   const co = job?.co;
   const code = co?.verdict ?? (co?.detected ? "co" : null);
-  if (!["co", "suspected"].includes(code) || typeof co.onset_step !== "number") return undefined;
-  return {x: co.onset_step, label: `CO onset (step ${co.onset_step})`};
+  const onset = ["co", "suspected"].includes(code) && typeof co.onset_step === "number"
+    ? [{x: co.onset_step, label: `CO onset (step ${co.onset_step})`, kind: "onset"}] : [];
+  return [...onset, ...rescues().map((r) => ({x: r.at_step, label: `rescue ${r.number} (step ${r.at_step})`, kind: "rescue"}))];
+}
+
+const METHOD_NAMES = {n_fgsm: "N-FGSM", grad_align: "GradAlign", fgsm: "FGSM"};
+
+/** One rescue in words: when, what was restored, what trains since (core/trainer.py's co_rescued record). */
+function rescueWords(r) {
+  const lr = r.lr_scale !== 1 ? `, learning rate × ${r.lr_scale}` : "";
+  const noise = r.noise_magnitude ? `, noise ${r.noise_magnitude}/255` : "";
+  return `Rescue ${r.number} at step ${r.at_step} (onset at step ${r.onset_step}, ${r.rule} rule): restored the ` +
+    `weights of step ${r.weights_from_step} (monitor PGD ${percent(r.best_monitor_pgd_accuracy)}) and their ` +
+    `optimizer state; training goes on with ${METHOD_NAMES[r.method] ?? r.method} (α ${r.alpha}/255${noise}${lr}).`;
 }
 
 function draw() {
   drawPending = false;
-  const marker = onsetMarker();
+  const lines = markers();
   const panels = [
-    lineChart({title: "Training loss", series: [series("train", "train_loss", "train loss")], marker}),
-    lineChart({title: "Accuracy", yMin: 0, yMax: 1, marker, series: [
+    lineChart({title: "Training loss", series: [series("train", "train_loss", "train loss")], markers: lines}),
+    lineChart({title: "Accuracy", yMin: 0, yMax: 1, markers: lines, series: [
       series("train", "train_clean_accuracy", "train clean"), series("train", "train_adv_accuracy", "train adversarial"),
       series("monitor", "clean_accuracy", "monitor clean"), series("monitor", "fgsm_accuracy", "monitor FGSM"),
       series("monitor", "pgd_accuracy", "monitor PGD"), series("epoch", "test_clean_accuracy", "test clean")]}),
-    lineChart({title: "Gradient alignment (monitor)", marker,
+    lineChart({title: "Gradient alignment (monitor)", markers: lines,
                series: [series("monitor", "gradient_alignment", "cos(∇ at x, ∇ at x + η)")]}),
-    lineChart({title: "Linearity error (monitor, log scale)", log: true, marker,
+    lineChart({title: "Linearity error (monitor, log scale)", log: true, markers: lines,
                series: [series("monitor", "linearity_error", "linearity error")]}),
   ];
   const curves = document.getElementById("curves");
@@ -88,6 +103,9 @@ function renderJob() {
   const box = document.getElementById("verdict");
   box.textContent = verdictWords();
   box.className = `verdict verdict-${verdict(job).kind}`;
+  const list = document.getElementById("rescues");
+  list.replaceChildren(...rescues().map((r) => h("li", {text: rescueWords(r), "data-step": r.at_step})));
+  list.hidden = !rescues().length;
   showMessage("job-error", job.error ? `${job.error.code}: ${job.error.message || ""}` : "");
   document.getElementById("cancel").hidden = FINISHED.has(job.status);
   const spec = document.getElementById("job-spec");
@@ -137,6 +155,12 @@ function onEvent({type, data}) {
     refreshTrainSoon();
   } else if (type === "co_onset" || type === "co_verdict") {
     job.co = data;
+    renderJob();
+    scheduleDraw();
+  } else if (type === "co_rescued") { // the job's co carries it too; the stream may be first
+    if (job.co && !rescues().some((r) => r.number === data.number)) {
+      job.co = {...job.co, rescue: {...job.co.rescue, rescues: [...rescues(), data]}};
+    }
     renderJob();
     scheduleDraw();
   } else if (type === "status") {
