@@ -53,6 +53,8 @@ Scenarios (test name prefix: what is checked):
 - R14 ``test_r14``: one spec run straight, and again with its pool child SIGKILLed after epoch 2 and resumed:
   identical metric rows, losses included, and bit-equal final weights (``torch.equal`` over the state dicts
   of both final checkpoints, loaded with ``weights_only=True``). Independent of the other tests.
+- R17 ``test_r17`` (issue 24): R14 for a run rescued (``monitor.co_policy: rescue``) before the kill: attempt 2
+  goes on rescued, rows and final weights bit-equal to the uninterrupted run, one ``co_rescued`` event.
 - R16 ``test_r16``: a SIGSTOPped attempt 1 wakes up after attempt 2 (on a second worker) finished the job:
   it writes only its own run folder (``COSCOPE_HOME/artifacts/<job>/attempt-<n>``); attempt 2's files and what
   the API serves are unchanged, byte for byte.
@@ -107,7 +109,7 @@ import httpx
 import pytest
 
 from coscope.harness import FAST_LEASES, SLOWNESS, Stack, child_pids, free_port, redis_db, wait_until
-from tests.conftest import DIVERGING
+from tests.conftest import DIVERGING, HAIR_TRIGGER_RESCUE
 from tests.service.conftest import Api, job_spec
 
 pytestmark = pytest.mark.chaos
@@ -812,33 +814,33 @@ def test_r13_stale_attempt_writes_are_refused_and_change_nothing(chaos):
     chaos.settle("R13 stale attempt", job_id, complete=False)
 
 
-def test_r14_killed_and_resumed_run_ends_with_the_weights_of_an_uninterrupted_run(chaos):
-    """R14, self-contained: the same 4-epoch spec run straight, and SIGKILLed (pool child) after epoch 2 then
-    resumed as attempt 2 from its checkpoint: identical metric rows and bit-equal final weights."""
+def straight_and_killed(chaos, spec: dict, kill_in_epoch: int, steps_per_epoch: int, scenario: str) -> list[dict]:
+    """``spec`` run straight, then again with its pool child SIGKILLed once it trains epoch ``kill_in_epoch``
+    (the epochs before are checkpointed) and resumed as attempt 2: identical metric rows, losses included,
+    and bit-equal final weights. Returns the two finished jobs, the killed one first."""
     import torch
 
+    from core import checkpoint  # the project's loader: weights_only=True
+
     stack, api, parent = chaos.stack, chaos.api, chaos.worker
-    spec = job_spec(epochs=4, train_size=256)  # 8 steps per epoch
-    steps = 4 * 8
+    steps = spec["training"]["epochs"] * steps_per_epoch
     straight = api.submit(spec)
-    final = api.wait_finished(straight["id"], timeout=240)
-    assert (final["status"], final["attempt"]) == ("succeeded", 1), final
-    chaos.settle("R14 uninterrupted", straight["id"])
+    final_straight = api.wait_finished(straight["id"], timeout=240)
+    assert (final_straight["status"], final_straight["attempt"]) == ("succeeded", 1), final_straight
+    chaos.settle(f"{scenario} uninterrupted", straight["id"])
 
     log = stack.worker_log(parent)
     idle_log(stack, log)
     resumed = api.submit(spec)
-    wait_epoch(chaos, resumed["id"], 2)  # epochs 0 and 1 are checkpointed
+    wait_epoch(chaos, resumed["id"], kill_in_epoch)
     child = int(job_row(stack, resumed["id"])["lease_owner"].rsplit(":", 1)[1])
     assert child in child_pids(parent.pid)
     os.kill(child, signal.SIGKILL)
-    final = api.wait_finished(resumed["id"], timeout=240)
-    assert (final["status"], final["attempt"]) == ("succeeded", 2), stack.log(log)
+    final_resumed = api.wait_finished(resumed["id"], timeout=240)
+    assert (final_resumed["status"], final_resumed["attempt"]) == ("succeeded", 2), stack.log(log)
     second = [e for e in job_events(stack, resumed["id"]) if e["type"] == "progress" and e["attempt"] == 2]
-    assert second[0]["data"]["step"] >= 2 * 8, second[0]  # resumed from the checkpoint, not from step 0
-    chaos.settle("R14 killed after epoch 2 and resumed", resumed["id"])
-
-    from core import checkpoint  # the project's loader: weights_only=True
+    assert second[0]["data"]["step"] >= kill_in_epoch * steps_per_epoch, second[0]  # from the checkpoint
+    chaos.settle(f"{scenario} killed in epoch {kill_in_epoch} and resumed", resumed["id"])
 
     settings = stack.settings()
     weights = [checkpoint.load(settings.attempt_folder(job["id"], attempt) / "checkpoint.pt", "cpu")
@@ -854,6 +856,29 @@ def test_r14_killed_and_resumed_run_ends_with_the_weights_of_an_uninterrupted_ru
     strip = [[{k: v for k, v in row.items() if k != "_attempt"} for row in job_rows] for job_rows in rows]
     assert [row["step"] for row in strip[0] if row["kind"] == "train"] == list(range(1, steps + 1))
     assert strip[0] == strip[1]  # every train, epoch and monitor row, losses included, bit for bit
+    return [final_resumed, final_straight]
+
+
+def test_r14_killed_and_resumed_run_ends_with_the_weights_of_an_uninterrupted_run(chaos):
+    """R14, self-contained: the same 4-epoch spec run straight, and SIGKILLed (pool child) after epoch 2 then
+    resumed as attempt 2 from its checkpoint: identical metric rows and bit-equal final weights."""
+    straight_and_killed(chaos, job_spec(epochs=4, train_size=256), 2, 8, "R14")  # 8 steps per epoch
+
+
+def test_r17_a_rescued_run_killed_after_its_rescue_resumes_rescued_and_ends_as_if_never_killed(chaos):
+    """Issue 24: a real rescue (HAIR_TRIGGER_RESCUE) in epoch 0 or 1, the pool child SIGKILLed in epoch 3 and
+    the job resumed as attempt 2: it goes on with the rescue's attack and learning rates from the checkpoint
+    (rows and final weights bit-equal to an uninterrupted run), the rescue is neither lost nor repeated, and
+    the job's co says so."""
+    spec = job_spec(epochs=5, train_size=256)  # 8 steps per epoch
+    spec["monitor"].update(HAIR_TRIGGER_RESCUE)
+    resumed, straight = straight_and_killed(chaos, spec, 3, 8, "R17 rescue")
+    rescues = straight["co"]["rescue"]["rescues"]
+    assert len(rescues) == 1 and rescues[0]["at_step"] < 3 * 8, rescues  # rescued before the kill
+    assert resumed["co"]["rescue"]["rescues"] == rescues
+    assert resumed["co"]["verdict_text"] == straight["co"]["verdict_text"] and "was rescued" in resumed["co"]["verdict_text"]
+    events = [(e["type"], e["attempt"]) for e in job_events(chaos.stack, resumed["id"]) if e["type"] == "co_rescued"]
+    assert events == [("co_rescued", 1)]  # attempt 2 resumed rescued: it did not rescue again
 
 
 def test_r16_a_paused_attempt_that_wakes_up_after_its_successor_finished_overwrites_no_file(chaos):
