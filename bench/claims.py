@@ -3,6 +3,7 @@
     python bench/claims.py run   GROUP [--seeds 0 1 2] [--jobs 2] [--device cpu] [--data-root ../shared/data]
                                  [--eps 10 12] [--betas 0 4 8]      # the points of the 'arms' group
     python bench/claims.py table GROUP [--runs FOLDER ...]   # default: runs/claims and bench/data/runs/*/claims
+    python bench/claims.py arms  GROUP [--runs FOLDER ...]   # per arm over seeds (the rescue comparison)
 
 Groups (every run: the shared CIFAR-10 JPEG images, PreActResNet18 width 16 with the paper's block, batch 128,
 the paper's cyclic schedule, fp32 monitor and evaluation, a monitor check of 500 held-out test images at
@@ -180,6 +181,35 @@ def table(names: list[str], roots: list[Path]) -> None:
         print(f"| {cell} | {len(verdicts)} | {verdicts.count('co')} of {len(verdicts)} |")
 
 
+def arm_summary(names: list[str], roots: list[Path]) -> None:
+    """Per setting and arm (the name without its seed and arm), over its seeds: runs that ended collapsed (a
+    rescued run counts by how it ended after the rescue), mean and spread of the final accuracies, AutoAttack
+    where measured, and the mean seconds of training and of monitor checks (issue 24's comparison)."""
+    import statistics
+
+    print("| setting | arm | runs | ended collapsed | clean | PGD-50-10 (mean ± sd) | AutoAttack | train s | "
+          "monitor s |\n|---|---|---|---|---|---|---|---|---|")
+    arms: dict[tuple[str, str], list[dict]] = {}
+    for name in names:
+        for root in roots:
+            if (root / name / "report.json").exists():
+                report = json.loads((root / name / "report.json").read_text())
+                history = [json.loads(line) for line in (root / name / "metrics.jsonl").read_text().splitlines()]
+                judge(report, history)
+                _, arm, setting = name.rsplit("-seed", 1)[0].split("-", 2)
+                arms.setdefault((setting, arm), []).append(report)
+    for (setting, arm), reports in sorted(arms.items()):
+        ended = [((r["co"].get("rescue") or {}).get("after") or r["co"])["verdict"] for r in reports]
+        robust = [r["final"]["robust_accuracy"] for r in reports]
+        aa = [r["final"]["autoattack"]["accuracy"] for r in reports if "autoattack" in r["final"]]
+        mean = lambda values: statistics.mean(values)  # noqa: E731
+        print(f"| {setting} | {arm} | {len(reports)} | {ended.count('co')} of {len(reports)} "
+              f"| {mean([r['final']['clean_accuracy'] for r in reports]):.3f} | {mean(robust):.3f} ± "
+              f"{statistics.stdev(robust) if len(robust) > 1 else 0:.3f} | {f'{mean(aa):.3f}' if aa else '-'} "
+              f"| {mean([r['timing']['train_seconds'] for r in reports]):.0f} "
+              f"| {mean([r['timing']['monitor_seconds'] for r in reports]):.0f} |")
+
+
 def run(args: argparse.Namespace) -> None:
     work = runs_of(args)
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
@@ -189,7 +219,7 @@ def run(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("action", choices=("run", "table"))
+    parser.add_argument("action", choices=("run", "table", "arms"))
     parser.add_argument("group", choices=tuple(GROUPS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--eps", type=int, nargs="+", default=[10, 12], help="arms: epsilons, /255")
@@ -204,6 +234,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.action == "run":
         run(args)
+    elif args.action == "arms":
+        arm_summary([name for name, _ in runs_of(args)], [Path(root) for root in args.runs])
     else:
         table([name for name, _ in runs_of(args)], [Path(root) for root in args.runs])
 
