@@ -2,15 +2,17 @@
 
     python bench/claims.py run   GROUP [--seeds 0 1 2] [--jobs 2] [--device cpu] [--data-root ../shared/data]
                                  [--eps 10 12] [--betas 0 4 8]      # the points of the 'arms' group
-    python bench/claims.py table GROUP [--runs FOLDER ...]   # default: runs/claims and bench/data/runs/*/claims
-    python bench/claims.py arms  GROUP [--runs FOLDER ...]   # per arm over seeds (the rescue comparison)
+    python bench/claims.py table GROUP [--runs FOLDER ...]  # default: runs/claims, bench/data/runs/*/claims
+    python bench/claims.py arms  GROUP [--runs FOLDER ...]  # per arm over seeds (the rescue comparison)
+    python bench/claims.py curvature map [--runs ...]        # B7: the eigenvalue per check around the onset
 
 Groups (every run: the shared CIFAR-10 JPEG images, PreActResNet18 width 16 with the paper's block, batch 128,
 the paper's cyclic schedule, fp32 monitor and evaluation, a monitor check of 500 held-out test images at
 every check as well as the 512 training images, final PGD-50-10 on 500 class-stratified test images):
 
 - map: FGSM on 10,000 class-stratified images, 10 epochs, eps in {8..12} x beta in {0, 2, 4, 8} (0 = plain),
-  with the curvature probe every epoch (B7). Defines eps*_beta, the smallest eps where >= 2 of 3 seeds collapse.
+  with the curvature probe every epoch (B7). Defines eps*_beta, the smallest eps where >= 2 of 3 seeds
+  collapse.
 - b2full: beta 4 and plain at eps 6 on all 50,000 images, 15 epochs (5,865 steps), fp32 and bf16 training.
 - arms: at each (beta, eps) of --betas x --eps: N-FGSM, GradAlign (lambda 0.2) and PGD-10 against FGSM (B3,
   B6), and at each eps orthogonal injection (beta 4) and the DCT low-pass (b = 16) with FGSM and PGD-10 (B8).
@@ -109,8 +111,8 @@ def corpus_runs(seeds: list[int], width: int = 16, **_: object) -> Iterator[tupl
         for eps in (12, 8, 10, 14, 6):
             for arch in ("preact_resnet18", "preact_resnet18_he"):
                 for beta in (0, 8):
-                    yield f"{prefix}-{arch.removeprefix('preact_resnet18').strip('_') or 'paper'}-beta{beta}-" \
-                          f"eps{eps}-seed{seed}", merged(small, {
+                    block = arch.removeprefix("preact_resnet18").strip("_") or "paper"
+                    yield f"{prefix}-{block}-beta{beta}-eps{eps}-seed{seed}", merged(small, {
                               "seed": seed, "intervention": intervention(beta), "model": {"arch": arch},
                               "training": {"epsilon": eps}})
 
@@ -124,10 +126,10 @@ RESCUE_ARMS = {  # arm: (training overrides, monitor overrides, evaluation overr
 
 
 def rescue_runs(seeds: list[int], **_: object) -> Iterator[tuple[str, dict]]:
-    """FGSM, FGSM + rescue, N-FGSM and PGD-10 where FGSM collapses reliably at CPU scale (issue 24): the corpus
-    scale at width 8 with the He block, eps 12, plain and beta 8 (2 of 2 and 2 of 2 collapsed in the corpus).
-    A check every 20 steps (an epoch is 39), so that the rescue finds pre-onset weights; PGD-50-10 on 500
-    class-stratified test images, and AutoAttack on the same images for the rescued and PGD-10 arms."""
+    """FGSM, FGSM + rescue, N-FGSM and PGD-10 where FGSM collapses reliably at CPU scale (issue 24): the
+    corpus scale at width 8 with the He block, eps 12, plain and beta 8 (2 of 2 and 2 of 2 collapsed in the
+    corpus). A check every 20 steps (an epoch is 39), so that the rescue finds pre-onset weights; PGD-50-10 on
+    500 class-stratified test images, and AutoAttack on the same images for the rescued and PGD-10 arms."""
     small = merged(BASE, {"dataset": {"train_subset": 5000}, "training": {"epochs": 6, "epsilon": 12},
                           "model": {"arch": "preact_resnet18_he", "width": 8},
                           "monitor": {"train_images": 256, "test_images": 200, "every_steps": 20}})
@@ -135,22 +137,43 @@ def rescue_runs(seeds: list[int], **_: object) -> Iterator[tuple[str, dict]]:
         for beta in (0, 8):
             for arm, (training, monitor, evaluation) in RESCUE_ARMS.items():
                 yield f"rescue-{arm}-beta{beta}-eps12-seed{seed}", merged(small, {
-                    "seed": seed, "intervention": intervention(beta), "training": training, "monitor": monitor,
-                    "evaluation": evaluation})
+                    "seed": seed, "intervention": intervention(beta), "training": training,
+                    "monitor": monitor, "evaluation": evaluation})
 
 
 SMOKE = {"evaluation": {"test_subset": 20, "pgd_steps": 2, "restarts": 1},
-         "monitor": {"train_images": 20, "test_images": 20, "indicator_images": 20, "curvature_iterations": 2}}
-GROUPS = {"map": map_runs, "b2full": b2full_runs, "arms": arm_runs, "corpus": corpus_runs, "rescue": rescue_runs,
-          "corpus-w8": lambda **options: corpus_runs(width=8, **options)}
+         "monitor": {"train_images": 20, "test_images": 20, "indicator_images": 20,
+                     "curvature_iterations": 2}}
+GROUPS = {"map": map_runs, "b2full": b2full_runs, "arms": arm_runs, "corpus": corpus_runs,
+          "rescue": rescue_runs, "corpus-w8": lambda **options: corpus_runs(width=8, **options)}
 
 
 def runs_of(args: argparse.Namespace) -> list[tuple[str, dict]]:
     runs = list(GROUPS[args.group](seeds=args.seeds, eps=args.eps, betas=args.betas))
     if args.max_steps:  # a smoke run of the machinery, not a measurement
-        runs = [(name, merged(spec, SMOKE | {"training": {"max_steps": args.max_steps}})) for name, spec in runs]
+        smoke = SMOKE | {"training": {"max_steps": args.max_steps}}
+        runs = [(name, merged(spec, smoke)) for name, spec in runs]
     return [(name, spec) for name, spec in runs if args.only is None
             or any(fnmatch.fnmatch(name, pattern) for pattern in args.only)]
+
+
+def finished(names: list[str], roots: list[Path]) -> Iterator[tuple[str, dict, list[dict]]]:
+    """(name, report, metrics rows) of every finished copy of the runs ``names`` under ``roots``, the report's
+    verdict re-judged by today's rules from its stored checks."""
+    for name in names:
+        for root in roots:
+            folder = root / name
+            if (folder / "report.json").exists():
+                report = json.loads((folder / "report.json").read_text())
+                history = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+                judge(report, history)
+                yield name, report, history
+
+
+def device_of(report: dict) -> str:
+    environment = report["environment"]
+    return (environment["device_name"].replace("NVIDIA ", "") if environment["device"].startswith("cuda")
+            else f"CPU, {environment['threads']} thread(s)")
 
 
 def table(names: list[str], roots: list[Path]) -> None:
@@ -159,23 +182,14 @@ def table(names: list[str], roots: list[Path]) -> None:
     print("| run | device | verdict (training images) | onset step | held-out verdict | final clean | "
           "final PGD-50-10 | best-weights PGD-50-10 |\n|---|---|---|---|---|---|---|---|")
     cells: dict[str, list[str]] = {}
-    for name in names:
-        for root in roots:
-            if not (root / name / "report.json").exists():
-                continue
-            report = json.loads((root / name / "report.json").read_text())
-            history = [json.loads(line) for line in (root / name / "metrics.jsonl").read_text().splitlines()]
-            judge(report, history)
-            co, final = report["co"], report["final"]
-            best = (co["best_checkpoint"].get("final") or {}).get("robust_accuracy")
-            held = (co.get("held_out") or {}).get("verdict", "-")
-            environment = report["environment"]
-            device = (environment["device_name"].replace("NVIDIA ", "") if environment["device"].startswith("cuda")
-                      else f"CPU, {environment['threads']} thread(s)")
-            print(f"| {name} | {device} | {co['verdict']} | {co['onset_step'] or '-'} | {held} "
-                  f"| {final['clean_accuracy']:.3f} | {final['robust_accuracy']:.3f} "
-                  f"| {'-' if best is None else f'{best:.3f}'} |")
-            cells.setdefault(name.rsplit("-seed", 1)[0], []).append(co["verdict"])
+    for name, report, _ in finished(names, roots):
+        co, final = report["co"], report["final"]
+        best = (co["best_checkpoint"].get("final") or {}).get("robust_accuracy")
+        held = (co.get("held_out") or {}).get("verdict", "-")
+        print(f"| {name} | {device_of(report)} | {co['verdict']} | {co['onset_step'] or '-'} | {held} "
+              f"| {final['clean_accuracy']:.3f} | {final['robust_accuracy']:.3f} "
+              f"| {'-' if best is None else f'{best:.3f}'} |")
+        cells.setdefault(name.rsplit("-seed", 1)[0], []).append(co["verdict"])
     print("\n| cell | runs | collapsed (co) |\n|---|---|---|")
     for cell, verdicts in cells.items():
         print(f"| {cell} | {len(verdicts)} | {verdicts.count('co')} of {len(verdicts)} |")
@@ -190,24 +204,51 @@ def arm_summary(names: list[str], roots: list[Path]) -> None:
     print("| setting | arm | runs | ended collapsed | clean | PGD-50-10 (mean ± sd) | AutoAttack | train s | "
           "monitor s |\n|---|---|---|---|---|---|---|---|---|")
     arms: dict[tuple[str, str], list[dict]] = {}
-    for name in names:
-        for root in roots:
-            if (root / name / "report.json").exists():
-                report = json.loads((root / name / "report.json").read_text())
-                history = [json.loads(line) for line in (root / name / "metrics.jsonl").read_text().splitlines()]
-                judge(report, history)
-                _, arm, setting = name.rsplit("-seed", 1)[0].split("-", 2)
-                arms.setdefault((setting, arm), []).append(report)
+    for name, report, _ in finished(names, roots):
+        _, arm, setting = name.rsplit("-seed", 1)[0].split("-", 2)
+        arms.setdefault((setting, arm), []).append(report)
     for (setting, arm), reports in sorted(arms.items()):
         ended = [((r["co"].get("rescue") or {}).get("after") or r["co"])["verdict"] for r in reports]
         robust = [r["final"]["robust_accuracy"] for r in reports]
         aa = [r["final"]["autoattack"]["accuracy"] for r in reports if "autoattack" in r["final"]]
         mean = lambda values: statistics.mean(values)  # noqa: E731
+        sd = statistics.stdev(robust) if len(robust) > 1 else 0
         print(f"| {setting} | {arm} | {len(reports)} | {ended.count('co')} of {len(reports)} "
               f"| {mean([r['final']['clean_accuracy'] for r in reports]):.3f} | {mean(robust):.3f} ± "
-              f"{statistics.stdev(robust) if len(robust) > 1 else 0:.3f} | {f'{mean(aa):.3f}' if aa else '-'} "
+              f"{sd:.3f} | {f'{mean(aa):.3f}' if aa else '-'} "
               f"| {mean([r['timing']['train_seconds'] for r in reports]):.0f} "
               f"| {mean([r['timing']['monitor_seconds'] for r in reports]):.0f} |")
+
+
+CURVATURE = "hessian_top_eigenvalue_max_full"  # the probe's top input-Hessian eigenvalue, max over its images
+
+
+def largest_rise(steps: list[int], values: list[float]) -> tuple[float, int]:
+    """The largest factor by which the eigenvalue grew from one check to the next, and the step it grew at
+    (values below 1 count as 1: a rise from a near-flat start is not an artefact of dividing by ~0)."""
+    pairs = zip(values, values[1:], steps[1:], strict=False)
+    rises = [(after / max(before, 1.0), step) for before, after, step in pairs]
+    return max(rises) if rises else (1.0, steps[0])
+
+
+def curvature(names: list[str], roots: list[Path]) -> None:
+    """B7 per run: the probe's eigenvalue at every check, the onset (held-out checks where the run has them),
+    and the largest check-to-check rise, with how many checks it came after (+) or before (-) the onset."""
+    print("| run | device | verdict | held-out onset | eigenvalue per check (* the onset) | largest rise | "
+          "at step | checks after the onset |\n|---|---|---|---|---|---|---|---|")
+    for name, report, history in finished(names, roots):
+        checks = [row for row in history if row["kind"] == "monitor" and CURVATURE in row]
+        if not checks:
+            continue
+        co = report["co"]
+        onset = (co.get("held_out") or {}).get("onset_step") or co["onset_step"]
+        steps, values = [row["step"] for row in checks], [row[CURVATURE] for row in checks]
+        rise, at = largest_rise(steps, values)
+        marks = ["*" if step == onset else "" for step in steps]
+        trace = " ".join(f"{value:.0f}{mark}" for value, mark in zip(values, marks, strict=True))
+        lag = "-" if onset not in steps else f"{steps.index(at) - steps.index(onset):+d}"
+        print(f"| {name} | {device_of(report)} | {co['verdict']} | {onset or '-'} | {trace} | {rise:.1f}x "
+              f"| {at} | {lag} |")
 
 
 def run(args: argparse.Namespace) -> None:
@@ -218,24 +259,27 @@ def run(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("action", choices=("run", "table", "arms"))
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("action", choices=("run", "table", "arms", "curvature"))
     parser.add_argument("group", choices=tuple(GROUPS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--eps", type=int, nargs="+", default=[10, 12], help="arms: epsilons, /255")
-    parser.add_argument("--betas", type=int, nargs="+", default=[0, 4, 8], help="arms: carrier strengths, /255")
+    parser.add_argument("--betas", type=int, nargs="+", default=[0, 4, 8], help="arms: carriers, /255")
     parser.add_argument("--only", nargs="+", default=None, help="globs over run names, e.g. 'map-*-eps12-*'")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--max-steps", type=int, default=None, help="stop each run after N steps (smoke runs)")
+    parser.add_argument("--max-steps", type=int, default=None, help="stop runs after N steps (smoke)")
     parser.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data"))
     parser.add_argument("--runs", nargs="+", default=[str(OUT), *map(str, sorted(RECORDS.glob("*/claims")))],
-                        help="table: folders holding run folders (default: runs/claims and the committed records)")
+                        help="folders holding run folders (default: runs/claims and the committed records)")
     args = parser.parse_args()
     if args.action == "run":
         run(args)
     elif args.action == "arms":
         arm_summary([name for name, _ in runs_of(args)], [Path(root) for root in args.runs])
+    elif args.action == "curvature":
+        curvature([name for name, _ in runs_of(args)], [Path(root) for root in args.runs])
     else:
         table([name for name, _ in runs_of(args)], [Path(root) for root in args.runs])
 
