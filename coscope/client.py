@@ -276,15 +276,25 @@ class CoscopeClient:
         """``heatmap.svg``, ``table.csv`` or ``table.json`` of a sweep, like ``download``."""
         return self._download(_sweep_path(sweep_id, "artifacts", name), name, dest)
 
+    def changes(self, cursor: str = "0", *, page: int = 200) -> Iterator[JSON]:
+        """Every job changed after ``cursor`` (``"0"``: every job), oldest change first, page after page until
+        the feed is drained. Each job carries its ``change_cursor``: keep the last one seen and call again to
+        poll; unlike a time window, no change is skipped however late it commits."""
+        while True:
+            jobs = self.list(changed_after=cursor, limit=page)["data"]
+            yield from jobs
+            if len(jobs) < page:
+                return
+            cursor = jobs[-1]["change_cursor"]
+
     # ``list`` last: in the class body it shadows the builtin for everything defined after it.
     def list(self, status: str | None = None, tag: str | None = None, limit: int = 50,
-             offset: int = 0) -> JSON:
-        """``{"data": [job, ...], "count": total}``, newest first (the server's order)."""
+             offset: int = 0, changed_after: str | None = None) -> JSON:
+        """``{"data": [job, ...], "count": total}``, newest first (the server's order); with ``changed_after``
+        (a job's ``change_cursor``) the jobs changed since, oldest change first (``changes`` pages them)."""
         params: dict[str, str | int] = {"limit": limit, "offset": offset}
-        if status:
-            params["status"] = status
-        if tag:
-            params["tag"] = tag
+        optional = {"status": status, "tag": tag, "changed_after": changed_after}
+        params.update({name: value for name, value in optional.items() if value})
         result: JSON = self._json("GET", "/v1/jobs", params=params)
         return result
 

@@ -139,6 +139,26 @@ def test_list_metrics_and_artifacts_send_query_and_unwrap_data() -> None:
     assert client.artifacts("j1") == [{"name": "report.json", "size": 2}]
 
 
+def test_changes_pages_the_change_feed_until_it_is_drained() -> None:
+    feed = [job(id=f"j{n}", change_cursor=str(10 + n)) for n in range(5)]  # the server's change order
+    polls: list[dict[str, str]] = []
+
+    def server(request: httpx.Request) -> httpx.Response:
+        params = dict(request.url.params)
+        polls.append(params)
+        after, limit = int(params["changed_after"]), int(params["limit"])
+        newer = [entry for entry in feed if int(entry["change_cursor"]) > after]
+        return httpx.Response(200, json={"data": newer[:limit], "count": len(newer)})
+
+    client = make_client(server)
+    assert [entry["id"] for entry in client.changes(page=2)] == ["j0", "j1", "j2", "j3", "j4"]
+    assert [poll["changed_after"] for poll in polls] == ["0", "11", "13"]  # each page after the last one seen
+    assert all(poll["offset"] == "0" for poll in polls)
+    assert [entry["id"] for entry in client.changes("13", page=2)] == ["j4"]  # a poll from a kept cursor
+    polls.clear()
+    assert list(client.changes("14", page=2)) == [] and len(polls) == 1  # nothing new: one request
+
+
 def test_events_parse_comments_multiline_data_and_crlf() -> None:
     body = (": keep-alive\n\n"
             "id: 1\nevent: status\ndata: {\"status\":\ndata: \"running\"}\n\n"
