@@ -5,6 +5,7 @@
     python bench/claims.py table GROUP [--runs FOLDER ...]  # default: runs/claims, bench/data/runs/*/claims
     python bench/claims.py arms  GROUP [--runs FOLDER ...]  # per arm over seeds (the rescue comparison)
     python bench/claims.py curvature map [--runs ...]        # B7: the eigenvalue per check around the onset
+    python bench/claims.py heatmap map [--figure SVG]         # the map as a sweep heatmap, and eps*_beta
 
 Groups (every run: the shared CIFAR-10 JPEG images, PreActResNet18 width 16 with the paper's block, batch 128,
 the paper's cyclic schedule, fp32 monitor and evaluation, a monitor check of 500 held-out test images at
@@ -30,6 +31,7 @@ import argparse
 import fnmatch
 import json
 import os
+import re
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -251,6 +253,47 @@ def curvature(names: list[str], roots: list[Path]) -> None:
               f"| {at} | {lag} |")
 
 
+def heatmap(names: list[str], roots: list[Path], figure: Path) -> None:
+    """The map as the service draws a sweep (api.heatmap: robust and clean accuracy, share of seeds with
+    CO, rows eps, columns beta), from the first finished copy of each run under ``roots``; the same
+    numbers as CSV beside the figure. eps*_beta per beta is printed."""
+    from api.heatmap import heatmap_svg
+    from api.sweep_table import grid_cells, summarise_cells, table_csv
+
+    axes = [("training.epsilon", sorted(MAP_EPS)), ("intervention.beta", sorted(MAP_BETAS))]
+    grid = grid_cells(axes)
+    seeds = sorted({int(name.rsplit("-seed", 1)[1]) for name in names})
+    children: dict[str, dict] = {}
+    for name, report, _ in finished(names, roots):
+        beta, eps, seed = map(int, re.findall(r"\d+", name))  # map-beta<b>-eps<e>-seed<s>
+        cell = grid.index({"training.epsilon": eps, "intervention.beta": beta})
+        index = seeds.index(seed) * len(grid) + cell  # seed-major, as a sweep numbers its children
+        children.setdefault(name, {"id": name, "index": index, "status": "succeeded", "report": report})
+    cells = summarise_cells(axes, seeds, list(children.values()))
+    title = "FGSM at CPU scale: 10,000 images, width 16, 10 epochs (bench/claims.py map)"
+    figure.write_bytes(heatmap_svg(axes, cells, title))
+    figure.with_suffix(".csv").write_text(table_csv(axes, cells))
+    for beta in sorted(MAP_BETAS):
+        column = [cell for cell in cells if cell["params"]["intervention.beta"] == beta]
+        print(f"beta {beta}: eps* = {critical_epsilon(column)}")
+
+
+def critical_epsilon(column: list[dict]) -> str:
+    """eps*: the smallest eps where >= 2 of 3 seeds collapse. A cell is decided once 2 seeds collapsed or 2
+    did not; eps* is exact when every eps below the first collapsing cell is decided, else an upper bound."""
+    def decided(cell: dict, collapsing: bool) -> bool:
+        co = cell["co"] or {}
+        return (co.get("collapsed", 0) if collapsing else co.get("measured", 0) - co.get("collapsed", 0)) >= 2
+
+    cells = sorted(column, key=lambda cell: cell["params"]["training.epsilon"])
+    collapsing = [cell["params"]["training.epsilon"] for cell in cells if decided(cell, True)]
+    if not collapsing:
+        return "open: no eps with 2 collapsed seeds"
+    open_below = [cell["params"]["training.epsilon"] for cell in cells
+                  if cell["params"]["training.epsilon"] < collapsing[0] and not decided(cell, False)]
+    return str(collapsing[0]) if not open_below else f"<= {collapsing[0]} (eps {open_below} undecided)"
+
+
 def run(args: argparse.Namespace) -> None:
     work = runs_of(args)
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
@@ -261,7 +304,7 @@ def run(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("action", choices=("run", "table", "arms", "curvature"))
+    parser.add_argument("action", choices=("run", "table", "arms", "curvature", "heatmap"))
     parser.add_argument("group", choices=tuple(GROUPS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--eps", type=int, nargs="+", default=[10, 12], help="arms: epsilons, /255")
@@ -273,11 +316,15 @@ def main() -> None:
     parser.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data"))
     parser.add_argument("--runs", nargs="+", default=[str(OUT), *map(str, sorted(RECORDS.glob("*/claims")))],
                         help="folders holding run folders (default: runs/claims and the committed records)")
+    parser.add_argument("--figure", default=str(ROOT / "docs" / "figures" / "claims-map-cpu.svg"),
+                        help="heatmap: the SVG to write (and its numbers as .csv beside it)")
     args = parser.parse_args()
     if args.action == "run":
         run(args)
     elif args.action == "arms":
         arm_summary([name for name, _ in runs_of(args)], [Path(root) for root in args.runs])
+    elif args.action == "heatmap":
+        heatmap([name for name, _ in runs_of(args)], [Path(root) for root in args.runs], Path(args.figure))
     elif args.action == "curvature":
         curvature([name for name, _ in runs_of(args)], [Path(root) for root in args.runs])
     else:

@@ -1,5 +1,7 @@
-"""bench/claims.py: the B7 curvature summary, on its arithmetic and on a real (tiny) run with the probe."""
+"""bench/claims.py: the B7 curvature summary and the map's heatmap and eps*, on closed forms and on real
+(tiny) runs."""
 
+import csv
 import sys
 from pathlib import Path
 
@@ -29,3 +31,30 @@ def test_curvature_prints_the_probe_at_every_check_of_a_real_run(tmp_path, capsy
     trace = cells[4].replace("*", "").split()
     assert len(trace) == 2 and all(float(value) == float(value) for value in trace)  # one value per epoch
     assert cells[5].endswith("x") and float(cells[5][:-1]) >= 1.0
+
+
+def cell(eps: int, collapsed: int, measured: int) -> dict:
+    return {"params": {"training.epsilon": eps, "intervention.beta": 0},
+            "co": {"collapsed": collapsed, "measured": measured} if measured else None}
+
+
+def test_critical_epsilon_is_exact_only_when_every_smaller_eps_is_decided():
+    # 2 of 3 collapsed at 10; 8 and 9 decided against (0 of 3, and 2 of 2 not collapsed)
+    assert claims.critical_epsilon([cell(12, 3, 3), cell(10, 2, 3), cell(9, 0, 2), cell(8, 0, 3)]) == "10"
+    # 2 of 2 collapsed decides a cell; 9 has one seed: an upper bound only
+    bound = claims.critical_epsilon([cell(11, 2, 2), cell(9, 0, 1), cell(8, 0, 3)])
+    assert bound == "<= 11 (eps [9] undecided)"
+    assert claims.critical_epsilon([cell(12, 1, 3), cell(10, 0, 3)]).startswith("open")  # 1 of 3 is not CO
+
+
+def test_heatmap_puts_each_run_in_its_cell_and_writes_svg_and_csv(tmp_path, capsys):
+    train(tiny_spec(), tmp_path / "map-beta4-eps10-seed1")
+    figure = tmp_path / "map.svg"
+    claims.heatmap(["map-beta4-eps10-seed1", "map-beta8-eps10-seed1"], [tmp_path], figure)
+    assert figure.read_bytes().startswith(b"<svg")
+    rows = {(row["training.epsilon"], row["intervention.beta"]): row
+            for row in csv.DictReader(figure.with_suffix(".csv").open())}
+    assert len(rows) == len(claims.MAP_EPS) * len(claims.MAP_BETAS)
+    assert rows["10", "4"]["seeds_succeeded"] == "1" and rows["10", "4"]["jobs"] == "map-beta4-eps10-seed1"
+    assert all(row["seeds_succeeded"] == "0" for key, row in rows.items() if key != ("10", "4"))
+    assert "beta 4: eps* = " in capsys.readouterr().out
