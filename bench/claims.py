@@ -6,6 +6,7 @@
     python bench/claims.py arms  GROUP [--runs FOLDER ...]  # per arm over seeds (the rescue comparison)
     python bench/claims.py curvature map [--runs ...]        # B7: the eigenvalue per check around the onset
     python bench/claims.py heatmap map [--figure SVG]         # the map as a sweep heatmap, and eps*_beta
+    python bench/claims.py keep GROUP --batch NAME            # finished runs into bench/data/runs/NAME
 
 Groups (every run: the shared CIFAR-10 JPEG images, PreActResNet18 width 16 with the paper's block, batch 128,
 the paper's cyclic schedule, fp32 monitor and evaluation, a monitor check of 500 held-out test images at
@@ -294,6 +295,37 @@ def critical_epsilon(column: list[dict]) -> str:
     return str(collapsing[0]) if not open_below else f"<= {collapsing[0]} (eps {open_below} undecided)"
 
 
+def keep(names: list[str], batch: str) -> None:
+    """Copy the finished runs of ``names`` under OUT into the committed records, ``RECORDS/<batch>/claims``
+    (report.json, metrics.jsonl, spec.json; no checkpoints), and note in the batch's README.md the machine
+    and the last commit of the training code (core/) under which each run was made."""
+    import shutil
+    import subprocess
+
+    from common import cpu_model
+
+    folder = RECORDS / batch / "claims"
+    code = subprocess.run(["git", "log", "-1", "--format=%h", "--", "core"], cwd=ROOT,
+                          capture_output=True, text=True, check=True).stdout.strip()
+    notes = []
+    for name in names:
+        if (OUT / name / "report.json").exists() and not (folder / name / "report.json").exists():
+            (folder / name).mkdir(parents=True, exist_ok=True)
+            for source, target in (("report.json", "report.json"), ("metrics.jsonl", "metrics.jsonl")):
+                shutil.copyfile(OUT / name / source, folder / name / target)
+            shutil.copyfile(OUT / f"{name}.spec.json", folder / name / "spec.json")
+            environment = json.loads((OUT / name / "report.json").read_text())["environment"]
+            notes.append(f"- {name}: training code {code}, {cpu_model()} ({os.cpu_count()} cores), "
+                         f"{environment['threads']} thread(s), torch {environment['torch']}\n")
+    readme = RECORDS / batch / "README.md"
+    if notes and not readme.exists():
+        readme.write_text(f"# {batch}\n\nRuns of `python bench/claims.py run GROUP`, two at a time, kept "
+                          f"with `python bench/claims.py keep GROUP --batch {batch}`.\n\n")
+    with open(readme, "a") as handle:
+        handle.writelines(notes)
+    print(f"kept {len(notes)} run(s) in {folder}")
+
+
 def run(args: argparse.Namespace) -> None:
     work = runs_of(args)
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
@@ -304,7 +336,7 @@ def run(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("action", choices=("run", "table", "arms", "curvature", "heatmap"))
+    parser.add_argument("action", choices=("run", "table", "arms", "curvature", "heatmap", "keep"))
     parser.add_argument("group", choices=tuple(GROUPS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--eps", type=int, nargs="+", default=[10, 12], help="arms: epsilons, /255")
@@ -318,11 +350,14 @@ def main() -> None:
                         help="folders holding run folders (default: runs/claims and the committed records)")
     parser.add_argument("--figure", default=str(ROOT / "docs" / "figures" / "claims-map-cpu.svg"),
                         help="heatmap: the SVG to write (and its numbers as .csv beside it)")
+    parser.add_argument("--batch", default="cpu-batch", help="keep: the records' batch folder")
     args = parser.parse_args()
     if args.action == "run":
         run(args)
     elif args.action == "arms":
         arm_summary([name for name, _ in runs_of(args)], [Path(root) for root in args.runs])
+    elif args.action == "keep":
+        keep([name for name, _ in runs_of(args)], args.batch)
     elif args.action == "heatmap":
         heatmap([name for name, _ in runs_of(args)], [Path(root) for root in args.runs], Path(args.figure))
     elif args.action == "curvature":

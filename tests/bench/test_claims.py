@@ -58,3 +58,23 @@ def test_heatmap_puts_each_run_in_its_cell_and_writes_svg_and_csv(tmp_path, caps
     assert rows["10", "4"]["seeds_succeeded"] == "1" and rows["10", "4"]["jobs"] == "map-beta4-eps10-seed1"
     assert all(row["seeds_succeeded"] == "0" for key, row in rows.items() if key != ("10", "4"))
     assert "beta 4: eps* = " in capsys.readouterr().out
+
+
+def test_keep_copies_the_records_of_finished_runs_without_checkpoints(tmp_path, monkeypatch):
+    out, records = tmp_path / "out", tmp_path / "records"
+    monkeypatch.setattr(claims, "OUT", out)
+    monkeypatch.setattr(claims, "RECORDS", records)
+    spec = tiny_spec(training={"epochs": 1})
+    train(spec, out / "done-seed0")
+    (out / "done-seed0.spec.json").write_text(spec.model_dump_json())
+    (out / "running-seed0").mkdir()  # no report yet: not kept
+    claims.keep(["done-seed0", "running-seed0"], "batch")
+    kept = records / "batch" / "claims"
+    assert sorted(path.name for path in kept.iterdir()) == ["done-seed0"]
+    assert sorted(path.name for path in (kept / "done-seed0").iterdir()) == ["metrics.jsonl", "report.json",
+                                                                             "spec.json"]
+    report = (out / "done-seed0" / "report.json").read_bytes()
+    assert (kept / "done-seed0" / "report.json").read_bytes() == report
+    readme = (records / "batch" / "README.md").read_text()
+    claims.keep(["done-seed0"], "batch")  # kept before: not copied or noted again
+    assert (records / "batch" / "README.md").read_text() == readme and readme.count("- done-seed0:") == 1
