@@ -97,7 +97,8 @@ def record(benchmark: str, rows: list[tuple[str, str]]) -> None:
         return
     TABLE.parent.mkdir(exist_ok=True)
     if not TABLE.exists():
-        TABLE.write_text("# Benchmarks\n\nRows appended by the scripts in `bench/`; each names its machine and command.\n")
+        TABLE.write_text("# Benchmarks\n\n"
+                         "Rows appended by the scripts in `bench/`; each names its machine and command.\n")
     with open(TABLE, "a", encoding="utf-8") as handle:
         handle.write(text)
 

@@ -43,9 +43,11 @@ def main() -> None:
     record(f"CO monitor overhead, {repo_path(args.spec)} for {args.epochs} epochs", [
         ("monitor settings", f"{m['train_images']} images, every {m['every_steps']} steps + epoch ends, "
                              f"PGD-{m['pgd_steps']}, {on['co']['monitor']['checks']} checks"),
-        ("training seconds (monitor on / off)", f"{on['timing']['train_seconds']:.1f} / {off['timing']['train_seconds']:.1f}"),
+        ("training seconds (monitor on / off)",
+         f"{on['timing']['train_seconds']:.1f} / {off['timing']['train_seconds']:.1f}"),
         ("monitor seconds", f"{on['timing']['monitor_seconds']:.1f}"),
-        ("overhead = monitor / training", f"{100 * on['timing']['monitor_seconds'] / on['timing']['train_seconds']:.1f} %"),
+        ("overhead = monitor / training",
+         f"{100 * on['timing']['monitor_seconds'] / on['timing']['train_seconds']:.1f} %"),
         ("wall-clock difference / wall without monitor", f"{100 * (wall_on - wall_off) / wall_off:.1f} %"),
     ])
 

@@ -8,8 +8,8 @@
 
 The monitor checks once per epoch (every 400 steps) on its 512 training images and 1,000 held-out test
 images; the final PGD-50-10 attacks 1,000 class-stratified test images (the full 10,000, for the last and the
-best weights, would cost more than the training itself). Runs resume like bench/claims.py. Prints the claims-table rows: B2 holds when the
-carrier runs collapse and the plain control does not.
+best weights, would cost more than the training itself). Runs resume like bench/claims.py. Prints the
+claims-table rows: B2 holds when the carrier runs collapse and the plain control does not.
 """
 
 from __future__ import annotations

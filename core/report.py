@@ -139,7 +139,8 @@ def summary_markdown(report: dict[str, Any], verdict: str) -> str:
         best_final = best.get("final") or {}
         best_aa = best_final.get("autoattack")
         best_aa = f", AutoAttack {percent(best_aa['accuracy'])}" if best_aa else ""
-        lines.append(f"- Best-robust weights (step {best['step']}, monitor PGD {percent(best['monitor_pgd_accuracy'])}):"
+        lines.append(f"- Best-robust weights (step {best['step']}, "
+                     f"monitor PGD {percent(best['monitor_pgd_accuracy'])}):"
                      f" clean {percent(best_final.get('clean_accuracy'))},"
                      f" robust {percent(best_final.get('robust_accuracy'))}{best_aa}.")
     lines.append(f"- Training {report['timing']['train_seconds']:.0f} s "

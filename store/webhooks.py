@@ -9,10 +9,11 @@ IPv6 (::ffff:a.b.c.d, 6to4, NAT64) are checked as IPv4. Integer, hex, octal and 
 before every try (DNS rebinding), and the request goes to the address just checked (the Host header and
 TLS SNI keep the name), so the name cannot be re-resolved elsewhere between check and connect.
 
-Delivery: body ``{"event", "job_id", "status", "co"}`` (sweeps: ``sweep.finished`` with ``sweep_id``), header ``X-Coscope-Signature: sha256=<hex>`` (HMAC-
-SHA256 of the raw body with ``COSCOPE_WEBHOOK_SECRET``), no redirects, no proxies from the environment, a
-5 s timeout, 3 tries with exponential backoff on network errors, 5xx, 408 and 429. The callee's body is
-never read; a ``webhook`` job event records the outcome and status code only.
+Delivery: body ``{"event", "job_id", "status", "co"}`` (sweeps: ``sweep.finished`` with ``sweep_id``),
+header ``X-Coscope-Signature: sha256=<hex>`` (HMAC-SHA256 of the raw body with ``COSCOPE_WEBHOOK_SECRET``),
+no redirects, no proxies from the environment, a 5 s timeout, 3 tries with exponential backoff on network
+errors, 5xx, 408 and 429. The callee's body is never read; a ``webhook`` job event records the outcome and
+status code only.
 """
 
 from __future__ import annotations

@@ -11,12 +11,23 @@ from fastapi import APIRouter, BackgroundTasks, Depends, HTTPException, Path, Qu
 
 from api.deps import ChangedAfterDep, ChangeWindowDep, SessionDep, SettingsDep, require_admin
 from api.routes.jobs import cancel, summary_fields
-from api.schemas import (AdminJobsPublic, AdminJobSummary, JobDeleted, JobPublic, KeyCreate, KeyCreated,
-                         KeyPublic, KeysPublic, PurgePublic, RetentionPublic, errors)
+from api.schemas import (
+    AdminJobsPublic,
+    AdminJobSummary,
+    JobDeleted,
+    JobPublic,
+    KeyCreate,
+    KeyCreated,
+    KeyPublic,
+    KeysPublic,
+    PurgePublic,
+    RetentionPublic,
+    errors,
+)
 from store import crud, retention, webhooks
 from store.models import ApiKey, Job
-from store.status import FINISHED_STATES, JobStatus
 from store.settings import Settings
+from store.status import FINISHED_STATES, JobStatus
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[Depends(require_admin)],
                    responses=errors(401, 403, 422))

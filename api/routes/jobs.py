@@ -10,26 +10,44 @@ import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from fastapi import (APIRouter, BackgroundTasks, Body, Depends, Header, HTTPException, Query, Request,
-                     Response, status)
+from fastapi import APIRouter, BackgroundTasks, Body, Depends, Header, HTTPException, Query, Request, Response, status
 from fastapi.responses import FileResponse, StreamingResponse
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api import limits, paths, sse
 from api.conditional import conditional, conditional_file
-from api.deps import (ChangedAfterDep, ChangeWindowDep, CurrentKey, OwnedJob, SessionDep, SettingsDep,
-                      change_cursor, get_current_key, get_publisher, limit_submissions)
+from api.deps import (
+    ChangedAfterDep,
+    ChangeWindowDep,
+    CurrentKey,
+    OwnedJob,
+    SessionDep,
+    SettingsDep,
+    change_cursor,
+    get_current_key,
+    get_publisher,
+    limit_submissions,
+)
 from api.queue import Publisher, publish_and_mark
-from api.schemas import (JOB_EXAMPLES, Artifact, ArtifactsPublic, JobCreate, JobPublic, JobsPublic,
-                         JobSummary, MetricsPublic, errors)
+from api.schemas import (
+    JOB_EXAMPLES,
+    Artifact,
+    ArtifactsPublic,
+    JobCreate,
+    JobPublic,
+    JobsPublic,
+    JobSummary,
+    MetricsPublic,
+    errors,
+)
 from core.cost import default_queue
 from core.report import judge
 from store import crud, webhooks
 from store.db import session_scope
 from store.models import Job
-from store.status import FINISHED_STATES, JobStatus
 from store.settings import Settings
+from store.status import FINISHED_STATES, JobStatus
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(get_current_key)],
                    responses=errors(401, 422))
@@ -82,13 +100,13 @@ def create_job(body: Annotated[JobCreate, Body(openapi_examples=JOB_EXAMPLES)], 
             tracking=body.tracking.model_dump(mode="json") if body.tracking else None)
     except crud.IdempotencyMismatch:
         raise HTTPException(422, [{"loc": ["header", "Idempotency-Key"], "type": "idempotency_mismatch",
-                                   "msg": "this Idempotency-Key was used with a different request body"}])
+                                   "msg": "this Idempotency-Key was used with a different request body"}]) from None
     except crud.QuotaExceeded:
         limit = settings.team_max_active_jobs
         raise HTTPException(429, f"The team already has {limit} queued or running jobs",
-                            headers={"Retry-After": str(QUOTA_RETRY_SECONDS)})
+                            headers={"Retry-After": str(QUOTA_RETRY_SECONDS)}) from None
     except IntegrityError:  # a concurrent request with the same key won the insert
-        raise HTTPException(409, "A request with this Idempotency-Key is being processed")
+        raise HTTPException(409, "A request with this Idempotency-Key is being processed") from None
     if created:  # after the commit: a worker that gets the message finds the row
         background.add_task(publish_and_mark, settings, publisher, job.id, job.queue)
     else:
@@ -131,7 +149,7 @@ def cancel(job: Job, session: Session, settings: Settings, background: Backgroun
     try:
         public = to_public(crud.request_cancel(session, job), settings)
     except crud.NotCancellable:
-        raise HTTPException(409, f"Job already {job.status}")
+        raise HTTPException(409, f"Job already {job.status}") from None
     if job.status == "cancelled":
         background.add_task(webhooks.notify, settings, job.id, "job.cancelled")
     return public

@@ -8,8 +8,7 @@ import hashlib
 import json
 from typing import Annotated, Any
 
-from fastapi import (APIRouter, BackgroundTasks, Depends, Header, HTTPException, Path, Query, Request, Response,
-                     status)
+from fastapi import APIRouter, BackgroundTasks, Depends, Header, HTTPException, Path, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 from sqlalchemy import select
@@ -18,8 +17,15 @@ from sqlalchemy.orm import Session
 
 from api import limits, paths, sse, sweep_table
 from api.conditional import conditional
-from api.deps import (ChangeWindowDep, CurrentKey, SessionDep, SettingsDep, get_current_key, get_publisher,
-                      limit_submissions)
+from api.deps import (
+    ChangeWindowDep,
+    CurrentKey,
+    SessionDep,
+    SettingsDep,
+    get_current_key,
+    get_publisher,
+    limit_submissions,
+)
 from api.heatmap import heatmap_svg
 from api.queue import Publisher, publish_and_mark
 from api.routes.jobs import QUOTA_RETRY_SECONDS, redacted
@@ -154,13 +160,13 @@ def create_sweep(body: SweepCreate, key: CurrentKey, session: SessionDep, settin
             max_held=settings.team_max_held_jobs)
     except crud.IdempotencyMismatch:
         raise HTTPException(422, [{"loc": ["header", "Idempotency-Key"], "type": "idempotency_mismatch",
-                                   "msg": "this Idempotency-Key was used with a different request body"}])
+                                   "msg": "this Idempotency-Key was used with a different request body"}]) from None
     except sweeps.HeldLimitExceeded:
         raise HTTPException(429, f"The team already has jobs waiting in sweeps; at most "
                                  f"{settings.team_max_held_jobs} may wait",
-                            headers={"Retry-After": str(QUOTA_RETRY_SECONDS)})
+                            headers={"Retry-After": str(QUOTA_RETRY_SECONDS)}) from None
     except IntegrityError:
-        raise HTTPException(409, "A request with this Idempotency-Key is being processed")
+        raise HTTPException(409, "A request with this Idempotency-Key is being processed") from None
     if created:
         released = sweeps.release_held(session, settings.team_max_active_jobs, settings.sweep_max_waiting,
                                        team=key.team)
@@ -228,7 +234,7 @@ def cancel_sweep(sweep: OwnedSweep, session: SessionDep, settings: SettingsDep,
     try:
         sweeps.request_cancel(session, sweep)
     except crud.NotCancellable:
-        raise HTTPException(409, f"Sweep already {sweep.status}")
+        raise HTTPException(409, f"Sweep already {sweep.status}") from None
     if sweeps.refresh(session, [sweep.id]):
         background.add_task(webhooks.notify_sweep, settings, sweep.id)
     session.refresh(sweep)

@@ -49,3 +49,12 @@ def settings(tmp_path):
 def client(settings):
     with TestClient(create_app(settings, reconcile=False)) as test_client:
         yield test_client
+
+
+@pytest.fixture
+def roomy(tmp_path):
+    """An app whose sweeps release every child at once (no waiting bound to speak of), so that each can be
+    claimed and finished; (test client, its settings)."""
+    settings = Settings(home=tmp_path / "roomy", sweep_max_waiting=100)
+    with TestClient(create_app(settings, reconcile=False)) as client:
+        yield client, settings

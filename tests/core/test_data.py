@@ -94,7 +94,8 @@ def test_augment_outputs_are_shifted_or_flipped_crops_of_padded_input(padding):
     assert out.shape == x.shape and out.dtype == x.dtype
     seen = set()
     for image, result in zip(x, out, strict=True):
-        matches = [(t, l, f) for t, l, f, c in _candidates(image, padding) if torch.equal(c, result)]
+        matches = [(top, left, flip) for top, left, flip, crop in _candidates(image, padding)
+                   if torch.equal(crop, result)]
         assert matches, "output is not a crop of the padded (possibly flipped) input"
         seen.add(matches[0])
     # every offset and both flips are drawn: (2p+1)^2 * 2 possibilities

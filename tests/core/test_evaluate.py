@@ -51,5 +51,6 @@ def test_load_trained_rebuilds_the_same_model(tmp_path):
     report = train(spec, tmp_path)
     run = load_trained(tmp_path)
     data = load_dataset(spec.dataset, None, spec.seed)
-    accuracy = clean_accuracy(run.model, data.test.images, data.test.labels, input_transform(spec, data, torch.device("cpu")))
+    transform = input_transform(spec, data, torch.device("cpu"))
+    accuracy = clean_accuracy(run.model, data.test.images, data.test.labels, transform)
     assert accuracy == report["final"]["clean_accuracy"]

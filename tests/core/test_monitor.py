@@ -45,7 +45,7 @@ def test_monitor_set_is_fixed_and_unaugmented(tmp_path):
 
     data = load_dataset(spec.dataset, None, spec.seed)
     transform = input_transform(spec, data, torch.device("cpu"))
-    first, second = Monitor(spec, data, transform, torch.device("cpu")), Monitor(spec, data, transform, torch.device("cpu"))
+    first, second = (Monitor(spec, data, transform, torch.device("cpu")) for _ in range(2))
     assert first.indices == second.indices and len(set(first.indices)) == 50
     assert torch.equal(first.x, data.train.images[first.indices].float() / 255)
 

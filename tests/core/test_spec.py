@@ -113,7 +113,8 @@ def test_clip_box_off_is_refused_for_multi_step_training():
 
 
 def test_paper_examples_are_the_papers_settings():
-    paper = {path.stem: load_spec_file(str(path)) for path in (Path(__file__).parents[2] / "examples" / "paper").glob("*.yaml")}
+    examples = Path(__file__).parents[2] / "examples" / "paper"
+    paper = {path.stem: load_spec_file(str(path)) for path in examples.glob("*.yaml")}
     assert paper["injected-grad-align"].training.grad_align_at == "adversarial"  # g1 at the FGSM point
     assert paper["low-pass-fgsm"].training.clip_box is False  # the released low-pass configs
     for name, spec in paper.items():

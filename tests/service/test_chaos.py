@@ -876,7 +876,8 @@ def test_r17_a_rescued_run_killed_after_its_rescue_resumes_rescued_and_ends_as_i
     rescues = straight["co"]["rescue"]["rescues"]
     assert len(rescues) == 1 and rescues[0]["at_step"] < 3 * 8, rescues  # rescued before the kill
     assert resumed["co"]["rescue"]["rescues"] == rescues
-    assert resumed["co"]["verdict_text"] == straight["co"]["verdict_text"] and "was rescued" in resumed["co"]["verdict_text"]
+    assert resumed["co"]["verdict_text"] == straight["co"]["verdict_text"]
+    assert "was rescued" in resumed["co"]["verdict_text"]
     events = [(e["type"], e["attempt"]) for e in job_events(chaos.stack, resumed["id"]) if e["type"] == "co_rescued"]
     assert events == [("co_rescued", 1)]  # attempt 2 resumed rescued: it did not rescue again
 

@@ -17,7 +17,7 @@ from store import crud
 from store.db import session_scope
 from store.models import Job, utcnow
 from store.settings import Settings
-from tests.api.routes.test_sweeps import GRID, SPEC, _run_and_finish, roomy  # noqa: F401 (roomy: a fixture)
+from tests.api.routes.test_sweeps import GRID, SPEC, _run_and_finish
 from tests.api.utils import key_headers
 
 

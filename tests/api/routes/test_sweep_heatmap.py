@@ -11,12 +11,7 @@ import textwrap
 from pathlib import Path
 from xml.etree import ElementTree
 
-import pytest
-from fastapi.testclient import TestClient
-
 from api.heatmap import REDS, UNMEASURED
-from api.main import create_app
-from store.settings import Settings
 from tests.api.routes.test_sweeps import _claim, _report, _run_and_finish
 from tests.api.utils import SPEC, key_headers
 
@@ -24,14 +19,6 @@ ROOT = Path(__file__).resolve().parents[3]
 SVG = "{http://www.w3.org/2000/svg}"
 NAME = "<script>alert(1)</script>&\"'"  # a sweep name that must not break the document
 GRID = {"intervention.beta": [0, 4], "training.epsilon": [4, 8]}
-
-
-@pytest.fixture
-def roomy(tmp_path):
-    """An app whose sweeps release every child at once, so that each can be claimed and finished."""
-    settings = Settings(home=tmp_path / "roomy", sweep_max_waiting=100)
-    with TestClient(create_app(settings, reconcile=False)) as client:
-        yield client, settings
 
 
 def _hex(rgb: tuple[int, int, int]) -> str:

@@ -49,14 +49,6 @@ def _report(clean, robust, verdict, onset=None):
             "co": {"verdict": verdict, "onset_step": onset}}
 
 
-@pytest.fixture
-def roomy(tmp_path):
-    """An app whose sweeps release every child at once (no waiting bound to speak of)."""
-    settings = Settings(home=tmp_path / "roomy", sweep_max_waiting=100)
-    with TestClient(create_app(settings, reconcile=False)) as client:
-        yield client, settings
-
-
 def _keeper(settings):
     with TestClient(create_app(settings, reconcile=False)) as client:
         return SweepKeeper(settings, client.app.state.publisher)
