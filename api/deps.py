@@ -99,19 +99,25 @@ def change_window(
 ChangeWindowDep = Annotated[ChangeWindow, Depends(change_window)]
 
 
-def change_cursor(change_seq: int | None) -> str | None:
-    """A job's place in the store's change order (``store.models.Job.change_seq``) as clients see it: an
-    opaque string; None while the change that made it is not committed yet (in the answer to that request)."""
-    return None if change_seq is None else str(change_seq)
+def change_cursor(change_seq: int | None, job_id: str) -> str | None:
+    """A job's place in the store's change order (``crud.CHANGE_ORDER``: its ``change_seq``, then its id, since
+    one transaction numbers all the jobs it changed alike: a sweep's submit, say) as clients see it: an opaque
+    string; None while the change that made it is not committed yet (in the answer to that request)."""
+    return None if change_seq is None else f"{change_seq}.{job_id}"
 
 
 def changed_after(changed_after: Annotated[str | None, Query(
-        pattern=r"^[0-9]{1,18}$",
+        pattern=r"^[0-9]{1,18}(\.[0-9a-f-]{1,36})?$",
         description="only jobs changed after this cursor (a change_cursor of an earlier answer), oldest "
                     "change first: poll again with the last entry's change_cursor. Unlike updated_after, "
                     "no change is skipped, however late it commits or whatever the writing host's clock")
-                  ] = None) -> int | None:
-    return None if changed_after is None else int(changed_after)
+                  ] = None) -> tuple[int, str] | None:
+    """The cursor as a place in ``crud.CHANGE_ORDER``. A bare number (the cursors before jobs' ids were part of
+    them) is every change numbered up to it: the place before the first job of the next number."""
+    if changed_after is None:
+        return None
+    number, _, job_id = changed_after.partition(".")
+    return (int(number), job_id) if job_id else (int(number) + 1, "")
 
 
-ChangedAfterDep = Annotated[int | None, Depends(changed_after)]
+ChangedAfterDep = Annotated[tuple[int, str] | None, Depends(changed_after)]

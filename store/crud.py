@@ -16,7 +16,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, cast, exists, func, select, update
+from sqlalchemy import ColumnElement, cast, exists, func, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, load_only
 
@@ -158,12 +158,12 @@ CHANGE_ORDER = (Job.change_seq, Job.id)  # a change feed: oldest change first, s
 def list_jobs(session: Session, team: str | None, status: str | None, tag: str | None, limit: int,
               offset: int, *, created_after: dt.datetime | None = None,
               updated_after: dt.datetime | None = None,
-              changed_after: int | None = None) -> tuple[list[Job], int]:
+              changed_after: tuple[int, str] | None = None) -> tuple[list[Job], int]:
     """One page of jobs, newest first, and how many match, both in SQL. The page's ids are picked from an
     index alone (``store.models``: team, status, created_at and id are in the key), then only those rows are
     read, and only ``LIST_COLUMNS`` of them: the other columns are not loaded, and reading one raises instead
     of querying the row again. The count is skipped when the page itself shows it (a short page).
-    ``changed_after`` (a ``change_seq``): the jobs changed since, in change order (``CHANGE_ORDER``)."""
+    ``changed_after`` (a place in ``CHANGE_ORDER``: change_seq, id): the jobs after it, in that order."""
     conditions = []
     if team is not None:
         conditions.append(Job.team == team)
@@ -177,7 +177,8 @@ def list_jobs(session: Session, team: str | None, status: str | None, tag: str |
         conditions.append(last_update(Job) > updated_after)
     order = JOB_ORDER
     if changed_after is not None:
-        conditions.append(Job.change_seq > changed_after)
+        place = tuple_(*changed_after, types=[column.type for column in CHANGE_ORDER])
+        conditions.append(tuple_(*CHANGE_ORDER) > place)  # a keyset: one range of ix_jobs_change
         order = CHANGE_ORDER
     page = select(Job.id).where(*conditions).order_by(*order).limit(limit).offset(offset)
     jobs = list(session.scalars(select(Job).options(load_only(*LIST_COLUMNS, raiseload=True))

@@ -66,7 +66,7 @@ def summary_fields(job: Job, settings: Settings) -> dict[str, Any]:
     return {"id": job.id, "name": job.name, "tags": job.tags or [], "priority": job.priority,
             "queue": job.queue, "status": job.status, "attempt": job.attempt, "progress": job.progress or {},
             "co": job.co, "error": error, "final": final, "created_at": job.created_at,
-            "updated_at": job.updated_at or job.created_at, "change_cursor": change_cursor(job.change_seq),
+            "updated_at": job.updated_at or job.created_at, "change_cursor": change_cursor(job.change_seq, job.id),
             "started_at": job.started_at, "finished_at": job.finished_at}
 
 

@@ -18,13 +18,13 @@ WRITERS = 4
 WRITES = 15  # transactions per writer
 
 
-def _poll(url: str, cursor: int, seen: dict[str, int]) -> int:
+def _poll(url: str, cursor: tuple[int, str], seen: dict[str, int]) -> tuple[int, str]:
     """One poll after ``cursor``: each entry's state into ``seen``; returns the next cursor."""
     with session_scope(url) as session:
         jobs, _ = crud.list_jobs(session, "a", None, None, 200, 0, changed_after=cursor)
         for job in jobs:
             seen[job.id] = job.progress.get("n")
-    return jobs[-1].change_seq if jobs else cursor
+    return (jobs[-1].change_seq, jobs[-1].id) if jobs else cursor
 
 
 def test_a_poller_following_the_change_order_sees_every_jobs_last_state(database):
@@ -46,7 +46,7 @@ def test_a_poller_following_the_change_order_sees_every_jobs_last_state(database
 
     writers = [threading.Thread(target=write, args=(seed,)) for seed in range(WRITERS)]
     seen: dict[str, int] = {}
-    cursor = _poll(database, 0, seen)
+    cursor = _poll(database, (0, ""), seen)
     for writer in writers:
         writer.start()
     while any(writer.is_alive() for writer in writers):

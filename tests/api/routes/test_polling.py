@@ -17,7 +17,7 @@ from store import crud
 from store.db import session_scope
 from store.models import Job, utcnow
 from store.settings import Settings
-from tests.api.routes.test_sweeps import GRID, SPEC, _run_and_finish
+from tests.api.routes.test_sweeps import GRID, SPEC, _run_and_finish, _sweep
 from tests.api.utils import key_headers
 
 
@@ -208,3 +208,27 @@ def test_the_change_feed_pages_in_commit_order_and_skips_bookkeeping(client, set
     for bad in ("yesterday", "-1", "1" * 19):
         response = client.get("/v1/jobs", params={"changed_after": bad}, headers=headers)
         assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["query", "changed_after"]
+
+
+def test_jobs_one_commit_changed_are_paged_one_by_one_and_bare_number_cursors_still_work(client, settings):
+    """A sweep's submit makes its children in one transaction, so they share one change number; the cursor
+    carries the job's id too, so pages smaller than that group still end with every child, each once. A cursor
+    from before ids were part of it (a bare number) means every change up to that number."""
+    headers = key_headers(settings)
+    before = _changes(client, headers, "0")[1]
+    sweep = _sweep(client, headers)
+    children = set(sweep["jobs"])
+    assert len(children) == 4
+    seen, after = [], before
+    while True:
+        page, after = _changes(client, headers, after, limit=3)
+        if not page:
+            break
+        seen += page
+    assert sorted(seen) == sorted(children)  # each once, none skipped
+    feed = client.get("/v1/jobs", params={"changed_after": before}, headers=headers).json()["data"]
+    numbers = {entry["change_cursor"].split(".")[0] for entry in feed}
+    assert len(numbers) == 1  # they did share one number
+    (number,) = numbers
+    assert _changes(client, headers, str(int(number) - 1))[0] == seen  # a bare number: after every change up to it
+    assert _changes(client, headers, number) == ([], number)
