@@ -77,6 +77,7 @@ class JobSummary(BaseModel):
     id: str
     name: str | None
     tags: list[str]
+    sweep_id: str | None  # a sweep's child: its sweep (the job feed is the sweeps' feed too)
     priority: int
     queue: str
     status: str

@@ -148,7 +148,7 @@ def get_team_job(session: Session, job_id: str, team: str | None) -> Job | None:
 
 JOB_ORDER = (Job.created_at.desc(), Job.id)  # newest first; the list indexes of store.models hold this order
 # what a list entry shows: never the spec or the report
-LIST_COLUMNS = (Job.id, Job.team, Job.name, Job.tags, Job.priority, Job.queue, Job.status, Job.attempt,
+LIST_COLUMNS = (Job.id, Job.team, Job.name, Job.tags, Job.sweep_id, Job.priority, Job.queue, Job.status, Job.attempt,
                 Job.progress, Job.co, Job.error_code, Job.error_message, Job.created_at, Job.started_at,
                 Job.finished_at, Job.updated_at, Job.change_seq, Job.final_clean_accuracy,
                 Job.final_robust_accuracy)

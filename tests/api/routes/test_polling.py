@@ -229,6 +229,7 @@ def test_jobs_one_commit_changed_are_paged_one_by_one_and_bare_number_cursors_st
     feed = client.get("/v1/jobs", params={"changed_after": before}, headers=headers).json()["data"]
     numbers = {entry["change_cursor"].split(".")[0] for entry in feed}
     assert len(numbers) == 1  # they did share one number
+    assert {entry["sweep_id"] for entry in feed} == {sweep["id"]}  # the job feed is the sweeps' feed too
     (number,) = numbers
     assert _changes(client, headers, str(int(number) - 1))[0] == seen  # a bare number: after every change up to it
     assert _changes(client, headers, number) == ([], number)
