@@ -234,24 +234,39 @@ def largest_rise(steps: list[int], values: list[float]) -> tuple[float, int]:
     return max(rises) if rises else (1.0, steps[0])
 
 
+def first_above(values: list[float], ceiling: float) -> int | None:
+    """The index of the first check whose eigenvalue exceeds ``ceiling``, or None."""
+    return next((index for index, value in enumerate(values) if value > ceiling), None)
+
+
 def curvature(names: list[str], roots: list[Path]) -> None:
     """B7 per run: the probe's eigenvalue at every check, the onset (held-out checks where the run has them),
-    and the largest check-to-check rise, with how many checks it came after (+) or before (-) the onset."""
-    print("| run | device | verdict | held-out onset | eigenvalue per check (* the onset) | largest rise | "
-          "at step | checks after the onset |\n|---|---|---|---|---|---|---|---|")
+    the largest check-to-check rise, and the first check above the controls' ceiling (the largest eigenvalue
+    any run without CO reached at any check), each as how many checks after (+) or before (-) the onset."""
+    runs = []
     for name, report, history in finished(names, roots):
         checks = [row for row in history if row["kind"] == "monitor" and CURVATURE in row]
-        if not checks:
-            continue
+        if checks:
+            runs.append((name, report, [row["step"] for row in checks], [row[CURVATURE] for row in checks]))
+    controls = [max(values) for _, report, _, values in runs if report["co"]["verdict"] == "no_co"]
+    ceiling = max(controls, default=float("inf"))
+    print(f"Controls' ceiling: {ceiling:.1f} (the largest eigenvalue of {len(controls)} run(s) without CO)\n")
+    print("| run | device | verdict | held-out onset | eigenvalue per check (* the onset) | largest rise | "
+          "at step | checks after the onset | first above the ceiling, checks after the onset |\n"
+          "|---|---|---|---|---|---|---|---|---|")
+    for name, report, steps, values in runs:
         co = report["co"]
         onset = (co.get("held_out") or {}).get("onset_step") or co["onset_step"]
-        steps, values = [row["step"] for row in checks], [row[CURVATURE] for row in checks]
         rise, at = largest_rise(steps, values)
         marks = ["*" if step == onset else "" for step in steps]
         trace = " ".join(f"{value:.0f}{mark}" for value, mark in zip(values, marks, strict=True))
-        lag = "-" if onset not in steps else f"{steps.index(at) - steps.index(onset):+d}"
+        above = first_above(values, ceiling)
+        lag = above_lag = "-"
+        if onset in steps:
+            lag = f"{steps.index(at) - steps.index(onset):+d}"
+            above_lag = "never" if above is None else f"{above - steps.index(onset):+d}"
         print(f"| {name} | {device_of(report)} | {co['verdict']} | {onset or '-'} | {trace} | {rise:.1f}x "
-              f"| {at} | {lag} |")
+              f"| {at} | {lag} | {above_lag} |")
 
 
 def heatmap(names: list[str], roots: list[Path], figure: Path) -> None:

@@ -19,6 +19,11 @@ def test_largest_rise_is_the_biggest_check_to_check_factor_with_values_below_one
     assert claims.largest_rise([10], [7.0]) == (1.0, 10)  # one check: no rise
 
 
+def test_first_above_is_the_first_check_over_the_ceiling():
+    assert claims.first_above([3.0, 12.0, 9.0, 40.0], 11.0) == 1
+    assert claims.first_above([3.0, 11.0], 11.0) is None  # equal is not above
+
+
 def test_curvature_prints_the_probe_at_every_check_of_a_real_run(tmp_path, capsys):
     spec = tiny_spec(monitor={"every_steps": 2, "curvature_every_epochs": 1, "curvature_iterations": 2,
                               "train_images": 16, "indicator_images": 16})
@@ -30,7 +35,8 @@ def test_curvature_prints_the_probe_at_every_check_of_a_real_run(tmp_path, capsy
     cells = [cell.strip() for cell in rows[0].strip("|").split("|")]
     trace = cells[4].replace("*", "").split()
     assert len(trace) == 2 and all(float(value) == float(value) for value in trace)  # one value per epoch
-    assert cells[5].endswith("x") and float(cells[5][:-1]) >= 1.0
+    assert cells[5].endswith("x") and float(cells[5][:-1]) > 0  # below 1 where the only step fell
+    assert cells[8] in ("-", "never") or cells[8].lstrip("+-").isdigit()
 
 
 def cell(eps: int, collapsed: int, measured: int) -> dict:
