@@ -64,7 +64,8 @@ def summary_fields(job: Job, settings: Settings) -> dict[str, Any]:
     if job.final_clean_accuracy is not None or job.final_robust_accuracy is not None:
         final = {"clean_accuracy": job.final_clean_accuracy, "robust_accuracy": job.final_robust_accuracy}
     return {"id": job.id, "name": job.name, "tags": job.tags or [], "sweep_id": job.sweep_id,
-            "priority": job.priority, "queue": job.queue, "status": job.status, "attempt": job.attempt, "progress": job.progress or {},
+            "priority": job.priority, "queue": job.queue, "status": job.status, "attempt": job.attempt,
+            "progress": job.progress or {},
             "co": job.co, "error": error, "final": final, "created_at": job.created_at,
             "updated_at": job.updated_at or job.created_at, "change_cursor": change_cursor(job.change_seq, job.id),
             "started_at": job.started_at, "finished_at": job.finished_at}
