@@ -239,6 +239,13 @@ def first_above(values: list[float], ceiling: float) -> int | None:
     return next((index for index, value in enumerate(values) if value > ceiling), None)
 
 
+def leave_one_out_alarms(peaks: list[float]) -> int:
+    """How many of the controls' peak eigenvalues exceed the ceiling the other controls set: an estimate,
+    not in-sample, of how often a new run without CO would cross the ceiling (a false alarm)."""
+    return sum(peak > max(peaks[:index] + peaks[index + 1:], default=float("-inf"))
+               for index, peak in enumerate(peaks))
+
+
 def curvature(names: list[str], roots: list[Path]) -> None:
     """B7 per run: the probe's eigenvalue at every check, the onset (held-out checks where the run has them),
     the largest check-to-check rise, and the first check above the controls' ceiling (the largest eigenvalue
@@ -250,7 +257,9 @@ def curvature(names: list[str], roots: list[Path]) -> None:
             runs.append((name, report, [row["step"] for row in checks], [row[CURVATURE] for row in checks]))
     controls = [max(values) for _, report, _, values in runs if report["co"]["verdict"] == "no_co"]
     ceiling = max(controls, default=float("inf"))
-    print(f"Controls' ceiling: {ceiling:.1f} (the largest eigenvalue of {len(controls)} run(s) without CO)\n")
+    print(f"Controls' ceiling: {ceiling:.1f} (the largest eigenvalue of {len(controls)} run(s) without CO); "
+          f"left out one at a time, {leave_one_out_alarms(controls)} of {len(controls)} control(s) cross the "
+          "ceiling of the others\n")
     print("| run | device | verdict | held-out onset | eigenvalue per check (* the onset) | largest rise | "
           "at step | checks after the onset | first above the ceiling, checks after the onset |\n"
           "|---|---|---|---|---|---|---|---|---|")

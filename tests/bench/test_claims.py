@@ -24,6 +24,12 @@ def test_first_above_is_the_first_check_over_the_ceiling():
     assert claims.first_above([3.0, 11.0], 11.0) is None  # equal is not above
 
 
+def test_leave_one_out_counts_the_controls_above_all_the_others():
+    assert claims.leave_one_out_alarms([4.0, 11.0, 6.0]) == 1  # 11 > max(4, 6); 4 and 6 are below 11
+    assert claims.leave_one_out_alarms([5.0, 5.0]) == 0  # a tie is not above
+    assert claims.leave_one_out_alarms([7.0]) == 1  # alone, nothing bounds it: counted as an alarm
+
+
 def test_curvature_prints_the_probe_at_every_check_of_a_real_run(tmp_path, capsys):
     spec = tiny_spec(monitor={"every_steps": 2, "curvature_every_epochs": 1, "curvature_iterations": 2,
                               "train_images": 16, "indicator_images": 16})
