@@ -162,12 +162,15 @@ def runs_of(args: argparse.Namespace) -> list[tuple[str, dict]]:
 
 def finished(names: list[str], roots: list[Path]) -> Iterator[tuple[str, dict, list[dict]]]:
     """(name, report, metrics rows) of every finished copy of the runs ``names`` under ``roots``, the report's
-    verdict re-judged by today's rules from its stored checks."""
+    verdict re-judged by today's rules from its stored checks. A kept copy of a run (the same report, in the
+    records and in the working folder) counts once."""
     for name in names:
+        seen = set()
         for root in roots:
             folder = root / name
-            if (folder / "report.json").exists():
-                report = json.loads((folder / "report.json").read_text())
+            if (folder / "report.json").exists() and (text := (folder / "report.json").read_text()) not in seen:
+                seen.add(text)
+                report = json.loads(text)
                 history = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
                 judge(report, history)
                 yield name, report, history
@@ -181,10 +184,10 @@ def device_of(report: dict) -> str:
 
 def table(names: list[str], roots: list[Path]) -> None:
     """One markdown row per finished run (every copy found under ``roots``), verdicts re-judged by today's
-    rules, then per cell (the name without its seed) the share of runs that collapsed."""
+    rules, then one row per cell (the name without its seed): see ``cell_row``."""
     print("| run | device | verdict (training images) | onset step | held-out verdict | final clean | "
           "final PGD-50-10 | best-weights PGD-50-10 |\n|---|---|---|---|---|---|---|---|")
-    cells: dict[str, list[str]] = {}
+    cells: dict[str, list[dict]] = {}
     for name, report, _ in finished(names, roots):
         co, final = report["co"], report["final"]
         best = (co["best_checkpoint"].get("final") or {}).get("robust_accuracy")
@@ -192,10 +195,26 @@ def table(names: list[str], roots: list[Path]) -> None:
         print(f"| {name} | {device_of(report)} | {co['verdict']} | {co['onset_step'] or '-'} | {held} "
               f"| {final['clean_accuracy']:.3f} | {final['robust_accuracy']:.3f} "
               f"| {'-' if best is None else f'{best:.3f}'} |")
-        cells.setdefault(name.rsplit("-seed", 1)[0], []).append(co["verdict"])
-    print("\n| cell | runs | collapsed (co) |\n|---|---|---|")
-    for cell, verdicts in cells.items():
-        print(f"| {cell} | {len(verdicts)} | {verdicts.count('co')} of {len(verdicts)} |")
+        cells.setdefault(name.rsplit("-seed", 1)[0], []).append(
+            {"verdict": co["verdict"], "onset": co["onset_step"], "robust": final["robust_accuracy"], "best": best})
+    print("\n| cell | runs | collapsed (co) | onset steps | final PGD-50-10 (mean ± sd) | best-weights PGD-50-10 "
+          "(mean) |\n|---|---|---|---|---|---|")
+    for cell, runs in cells.items():
+        print(cell_row(cell, runs))
+
+
+def cell_row(cell: str, runs: list[dict]) -> str:
+    """A cell's markdown row over its runs (dicts of verdict, onset, robust, best): how many collapsed, their
+    onset steps, the final PGD-50-10 as mean ± sample sd, and the mean best-weights PGD-50-10."""
+    import statistics
+
+    robust = [run["robust"] for run in runs]
+    best = [run["best"] for run in runs if run["best"] is not None]
+    onsets = ", ".join(str(run["onset"]) for run in runs if run["verdict"] == "co") or "-"
+    spread = statistics.stdev(robust) if len(robust) > 1 else 0.0
+    collapsed = sum(run["verdict"] == "co" for run in runs)
+    return (f"| {cell} | {len(runs)} | {collapsed} of {len(runs)} | {onsets} | {statistics.mean(robust):.3f} ± "
+            f"{spread:.3f} | {f'{statistics.mean(best):.3f}' if best else '-'} |")
 
 
 def arm_summary(names: list[str], roots: list[Path]) -> None:

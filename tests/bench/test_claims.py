@@ -30,6 +30,14 @@ def test_leave_one_out_counts_the_controls_above_all_the_others():
     assert claims.leave_one_out_alarms([7.0]) == 1  # alone, nothing bounds it: counted as an alarm
 
 
+def test_a_cell_row_counts_collapses_and_averages_over_seeds():
+    runs = [{"verdict": "co", "onset": 312, "robust": 0.0, "best": 0.2},
+            {"verdict": "no_co", "onset": None, "robust": 0.3, "best": 0.3},
+            {"verdict": "co", "onset": 78, "robust": 0.0, "best": None}]
+    # mean 0.1; sample sd sqrt(((0.1)^2 * 2 + 0.2^2) / 2) = sqrt(0.03); best over the two known: 0.25
+    assert claims.cell_row("c", runs) == "| c | 3 | 2 of 3 | 312, 78 | 0.100 ± 0.173 | 0.250 |"
+
+
 def test_curvature_prints_the_probe_at_every_check_of_a_real_run(tmp_path, capsys):
     spec = tiny_spec(monitor={"every_steps": 2, "curvature_every_epochs": 1, "curvature_iterations": 2,
                               "train_images": 16, "indicator_images": 16})
