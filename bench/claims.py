@@ -33,6 +33,7 @@ import fnmatch
 import json
 import os
 import re
+import statistics
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -183,7 +184,7 @@ def device_of(report: dict) -> str:
 
 
 def table(names: list[str], roots: list[Path]) -> None:
-    """One markdown row per finished run (every copy found under ``roots``), verdicts re-judged by today's
+    """One markdown row per finished run (every distinct copy found under ``roots``), verdicts re-judged by today's
     rules, then one row per cell (the name without its seed): see ``cell_row``."""
     print("| run | device | verdict (training images) | onset step | held-out verdict | final clean | "
           "final PGD-50-10 | best-weights PGD-50-10 |\n|---|---|---|---|---|---|---|---|")
@@ -206,23 +207,23 @@ def table(names: list[str], roots: list[Path]) -> None:
 def cell_row(cell: str, runs: list[dict]) -> str:
     """A cell's markdown row over its runs (dicts of verdict, onset, robust, best): how many collapsed, their
     onset steps, the final PGD-50-10 as mean ± sample sd, and the mean best-weights PGD-50-10."""
-    import statistics
-
-    robust = [run["robust"] for run in runs]
     best = [run["best"] for run in runs if run["best"] is not None]
     onsets = ", ".join(str(run["onset"]) for run in runs if run["verdict"] == "co") or "-"
-    spread = statistics.stdev(robust) if len(robust) > 1 else 0.0
     collapsed = sum(run["verdict"] == "co" for run in runs)
-    return (f"| {cell} | {len(runs)} | {collapsed} of {len(runs)} | {onsets} | {statistics.mean(robust):.3f} ± "
-            f"{spread:.3f} | {f'{statistics.mean(best):.3f}' if best else '-'} |")
+    return (f"| {cell} | {len(runs)} | {collapsed} of {len(runs)} | {onsets} "
+            f"| {mean_sd([run['robust'] for run in runs])} | {f'{statistics.mean(best):.3f}' if best else '-'} |")
+
+
+def mean_sd(values: list[float]) -> str:
+    """'mean ± sample sd' to 3 places; the sd of one value is 0."""
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.3f} ± {spread:.3f}"
 
 
 def arm_summary(names: list[str], roots: list[Path]) -> None:
     """Per setting and arm (the name without its seed and arm), over its seeds: runs that ended collapsed (a
     rescued run counts by how it ended after the rescue), mean and spread of the final accuracies, AutoAttack
     where measured, and the mean seconds of training and of monitor checks (issue 24's comparison)."""
-    import statistics
-
     print("| setting | arm | runs | ended collapsed | clean | PGD-50-10 (mean ± sd) | AutoAttack | train s | "
           "monitor s |\n|---|---|---|---|---|---|---|---|---|")
     arms: dict[tuple[str, str], list[dict]] = {}
@@ -231,13 +232,11 @@ def arm_summary(names: list[str], roots: list[Path]) -> None:
         arms.setdefault((setting, arm), []).append(report)
     for (setting, arm), reports in sorted(arms.items()):
         ended = [((r["co"].get("rescue") or {}).get("after") or r["co"])["verdict"] for r in reports]
-        robust = [r["final"]["robust_accuracy"] for r in reports]
         aa = [r["final"]["autoattack"]["accuracy"] for r in reports if "autoattack" in r["final"]]
-        mean = lambda values: statistics.mean(values)  # noqa: E731
-        sd = statistics.stdev(robust) if len(robust) > 1 else 0
+        mean = statistics.mean
         print(f"| {setting} | {arm} | {len(reports)} | {ended.count('co')} of {len(reports)} "
-              f"| {mean([r['final']['clean_accuracy'] for r in reports]):.3f} | {mean(robust):.3f} ± "
-              f"{sd:.3f} | {f'{mean(aa):.3f}' if aa else '-'} "
+              f"| {mean([r['final']['clean_accuracy'] for r in reports]):.3f} "
+              f"| {mean_sd([r['final']['robust_accuracy'] for r in reports])} | {f'{mean(aa):.3f}' if aa else '-'} "
               f"| {mean([r['timing']['train_seconds'] for r in reports]):.0f} "
               f"| {mean([r['timing']['monitor_seconds'] for r in reports]):.0f} |")
 
