@@ -384,7 +384,9 @@ class _Run:
             row = self._off_the_training_heap(self._monitor_row, curvature, repeat)
         state.last_check_step = state.step
         self._record(row, "monitor")
-        if state.onset is None and row["pgd_accuracy"] > state.best_pgd_accuracy:
+        # the best over the whole run: a collapse keeps its pre-onset peak (collapsed checks score far lower),
+        # and a run whose signature goes away again (a no_co verdict) keeps the weights it recovered to
+        if row["pgd_accuracy"] > state.best_pgd_accuracy:
             state.best_pgd_accuracy, state.best_step, state.best_epoch = row["pgd_accuracy"], state.step, state.epoch
             best = {"spec_sha256": self.spec.sha256(), "step": state.step, "model": self.model.state_dict()}
             if settings.co_policy == "rescue":  # a rescue continues from these weights with their momentum

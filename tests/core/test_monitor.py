@@ -123,6 +123,16 @@ def test_report_policy_trains_to_the_end_and_evaluates_last_and_best(tmp_path, m
     assert (co["before"]["step"], co["after"]["step"]) == (2, 4)
 
 
+def test_the_best_weights_are_the_run_s_best_after_a_signature_that_goes_away(tmp_path, monkeypatch):
+    # wong_drop fires at step 3 (0.45 -> 0.02) and is confirmed at 4; the run then recovers above its
+    # earlier peak: best.pt must follow it (step 6), not stay at the pre-signature peak (step 2)
+    _scripted_checks(monkeypatch, [0.30, 0.45, 0.02, 0.01, 0.50, 0.55])
+    report = train(tiny_spec(training={"epochs": 2}, monitor={"every_steps": 1}), tmp_path)
+    best = report["co"]["best_checkpoint"]
+    assert (best["step"], best["monitor_pgd_accuracy"]) == (6, 0.55)
+    assert checkpoint.load(tmp_path / "best.pt", "cpu")["step"] == 6
+
+
 def test_masking_near_chance_is_reported_as_co_not_never_robust(tmp_path, monkeypatch):
     # PGD never beats a constant classifier (the tiny monitor set's largest class share is 10 / 96), but FGSM
     # accuracy (0.7) stands far above it from the first check: the masking rule, confirmed at the second
