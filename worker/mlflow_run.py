@@ -6,13 +6,13 @@ its ``coscope.job_id`` tag (a resumed attempt continues it, first sending the ro
 the job store that the run lacks) or creates it, then sends the rows in batches
 (``MlflowClient.log_batch``) every ``FLUSH_SECONDS``. A call that fails is retried with exponential backoff
 until the server has been unreachable for ``COSCOPE_MLFLOW_GIVE_UP_SECONDS``; an error MLflow calls final
-(a 4xx answer) gives up at once. Giving up stops tracking for the rest of the attempt (later rows are dropped,
-and counted). When the job ends, the runner calls ``close`` after the job's own status is written: the last
-rows, the final accuracies and CO tags, the artifacts (report.json, summary.md, curves.png; checkpoints with
-``COSCOPE_MLFLOW_LOG_CHECKPOINTS``) and the run's end status (FINISHED, FAILED or KILLED; a stale attempt
-leaves the run open for the attempt that took over). A ``tracking`` job event records the outcome, as the
-webhooks do: ``logged`` (run id, rows, artifacts, status) or ``failed`` (stage, error type, rows dropped;
-the error's text, which may name the server, stays in the worker log).
+(a 4xx answer) gives up at once. Giving up stops tracking for the rest of the attempt: later rows are dropped,
+and counted until the job ends. When the job ends, the runner calls ``close`` after the job's own status is
+written: the last rows, the final accuracies and CO tags, the artifacts (report.json, summary.md,
+curves.png; checkpoints with ``COSCOPE_MLFLOW_LOG_CHECKPOINTS``) and the run's end status (FINISHED, FAILED or
+KILLED; a stale attempt leaves the run open for the attempt that took over). A ``tracking`` job event records
+the outcome, as the webhooks do: ``logged`` (run id, rows, artifacts, status) or ``failed`` (stage, error
+type, rows dropped; the error's text, which may name the server, stays in the worker log).
 
 ``mlflow`` (the ``coscope[mlflow]`` extra: mlflow-skinny) is imported on this thread, and only when
 ``COSCOPE_MLFLOW_TRACKING_URI`` is set: the package and the API never import it.
@@ -68,8 +68,7 @@ class Tracker:
         self.out = settings.attempt_folder(job.id, attempt)
         self.run_id: str | None = None
         self.marks: dict[str, int] = {}
-        self.sent = self.dropped = self.in_flight = 0  # rows: logged, never sent, in the batches being sent
-        self.gave_up = False
+        self.sent = self.in_flight = 0  # rows: logged, in the batches being sent
         self._recorded = threading.Lock()  # one outcome per attempt: the first to take it records
         self._queue: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._main, name=f"mlflow-{job.id}", daemon=True)
@@ -80,9 +79,7 @@ class Tracker:
 
     # ---- The trainer's thread: no I/O ----------------------------------------------------------------
     def on_event(self, event: dict[str, Any]) -> None:
-        if self.gave_up:
-            self.dropped += event["type"] in ROW_EVENTS
-        elif event["type"] in ROW_EVENTS:
+        if event["type"] in ROW_EVENTS:
             self._queue.put(("row", {key: value for key, value in event.items() if key != "type"}))
         elif event["type"] == "co_onset":
             self._queue.put(("tags", tracking.verdict_tags(event)))
@@ -98,6 +95,7 @@ class Tracker:
 
     # ---- The tracking thread -------------------------------------------------------------------------
     def _main(self) -> None:
+        outcome = None
         try:
             client = self._connect()
             while True:
@@ -107,16 +105,17 @@ class Tracker:
                     self._finish(client, outcome)
                     return
         except GaveUp as gave_up:
-            self.gave_up = True
-            self.dropped += self.in_flight + sum(1 for kind, _ in self._drain() if kind == "row")
             log.warning("MLflow tracking of job %s gave up at %s", self.job.id, gave_up.stage,
                         exc_info=gave_up.error)
-            self._record({"outcome": "failed", "stage": gave_up.stage, "error": type(gave_up.error).__name__,
-                          "status_code": _status_code(gave_up.error), "rows_dropped": self.dropped})
+            failure = {"stage": gave_up.stage, "error": type(gave_up.error).__name__,
+                       "status_code": _status_code(gave_up.error)}
         except Exception:  # a bug here must not reach the job
-            self.gave_up = True
             log.exception("MLflow tracking of job %s failed", self.job.id)
-            self._record({"outcome": "failed", "stage": "internal", "error": "internal_error"})
+            failure = {"stage": "internal", "error": "internal_error", "status_code": None}
+        # The rows never sent: those of the failed batch and every row until the job ends (a failure event
+        # recorded at once would count only the rows queued at that moment, often none).
+        dropped = self.in_flight + (self._rows_until_close() if outcome is None else 0)
+        self._record({"outcome": "failed", **failure, "rows_dropped": dropped})
 
     def _collect(self) -> tuple[list[dict[str, Any]], dict[str, str], str | None]:
         """What arrived within FLUSH_SECONDS (or until ``close``)."""
@@ -136,13 +135,11 @@ class Tracker:
                 return rows, tags, item
         return rows, tags, None
 
-    def _drain(self) -> list[tuple[str, Any]]:
-        items = []
-        while True:
-            try:
-                items.append(self._queue.get_nowait())
-            except queue.Empty:
-                return items
+    def _rows_until_close(self) -> int:
+        rows = 0
+        while (kind := self._queue.get()[0]) != "close":
+            rows += kind == "row"
+        return rows
 
     def _connect(self) -> Any:
         for name, value in CLIENT_ENV.items():

@@ -282,6 +282,35 @@ def test_a_server_gone_mid_job_fails_the_tracking_not_the_job(tmp_path):
     assert event["rows_dropped"] > 0
 
 
+def test_a_tracker_that_gave_up_counts_every_row_it_never_sent(tmp_path, mlflow_server, caplog):
+    """In process, against a port nobody listens on: the failure event, recorded when the job ends, counts
+    the rows queued before the tracker gave up and those after (CI once saw 0 when none were queued)."""
+    stack = tracked_stack(tmp_path, mlflow_server, give_up=1)
+    settings = stack.settings(mlflow_tracking_uri=f"http://127.0.0.1:{free_port()}")
+    try:
+        job = _tracked(settings, "unreachable")
+        tracker = Tracker(settings, job, 1).start()
+        for step in range(1, 4):
+            tracker.on_event({"type": "metrics", "kind": "train", "epoch": 0, "step": step, "loss": 1.0})
+        wait_until(lambda: "gave up at experiment" in caplog.text, 60, "the tracker to give up")
+        for step in range(4, 8):
+            tracker.on_event({"type": "epoch", "epoch": 0, "step": step, "train_loss": 1.0})
+        assert _gave_up(settings, job.id) is None  # recorded at the job's end, with the full count
+        tracker.close("succeeded")
+        event = _gave_up(settings, job.id)
+    finally:
+        stack.close()
+    assert tracker.run_id is None and tracker.sent == 0
+    assert event["outcome"] == "failed" and event["stage"] == "experiment"
+    assert event["rows_dropped"] == 7
+
+
+def _gave_up(settings, job_id: str) -> dict[str, Any] | None:
+    with session_scope(settings.database) as session:
+        events = [event.data for event in crud.events_after(session, job_id, 0) if event.type == "tracking"]
+    return events[0] if events else None
+
+
 def test_a_job_failed_at_claim_after_its_last_attempt_ends_its_run_failed(tmp_path, mlflow_server):
     """A worker that finds the job's attempts used up (its earlier workers died) fails it, and ends the run
     the dead attempts left open, with the rows they stored."""
