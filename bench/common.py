@@ -11,7 +11,6 @@ import platform
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -101,17 +100,6 @@ def record(benchmark: str, rows: list[tuple[str, str]]) -> None:
                          "Rows appended by the scripts in `bench/`; each names its machine and command.\n")
     with open(TABLE, "a", encoding="utf-8") as handle:
         handle.write(text)
-
-
-def coscope_train(spec: dict, *options: str) -> tuple[float, dict]:
-    """Run ``coscope train`` on ``spec`` (a dict) in a fresh process and folder; (wall seconds, report.json)."""
-    with tempfile.TemporaryDirectory() as folder:
-        spec_path, out = Path(folder) / "spec.json", Path(folder) / "run"
-        spec_path.write_text(json.dumps(spec))
-        started = time.perf_counter()
-        subprocess.run([str(Path(sys.executable).parent / "coscope"), "train", str(spec_path), "--out", str(out),
-                        "--quiet", *options], check=True)
-        return time.perf_counter() - started, json.loads((out / "report.json").read_text())
 
 
 def merged(base: dict, overrides: dict) -> dict:

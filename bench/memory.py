@@ -11,9 +11,13 @@ and the report. Peak = the child's maximum resident set size (``getrusage``).
 from __future__ import annotations
 
 import argparse
+import json
 import resource
+import tempfile
+import time
+from pathlib import Path
 
-from common import ROOT, coscope_train, record
+from common import ROOT, record, train_into
 
 GIB = 2**30
 
@@ -29,8 +33,15 @@ def job_spec(width: int, precision: str, steps: int) -> dict:
 
 
 def peak_of_train(spec: dict, data_root: str) -> tuple[int, float, dict]:
-    """(peak RSS bytes, wall seconds, report) of one ``coscope train`` process."""
-    wall, report = coscope_train(spec, "--data-root", data_root, "--device", "cpu")
+    """(peak RSS bytes, wall seconds, report) of one ``coscope train`` process (one thread)."""
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder) / "run"
+        started = time.perf_counter()
+        outcome = train_into(spec, out, data_root)
+        wall = time.perf_counter() - started
+        if not (out / "report.json").exists():
+            raise SystemExit(f"{outcome}\n{(out.parent / 'run.log').read_text()}")
+        report = json.loads((out / "report.json").read_text())
     peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # Linux: KiB, largest child so far
     return peak_kib * 1024, wall, report
 

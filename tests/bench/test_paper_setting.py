@@ -43,4 +43,5 @@ def test_a_cpu_smoke_run_trains_and_reports_both_arms(tmp_path):
         spec = report["spec"]
         assert (spec["intervention"]["kind"], spec["training"]["precision"]) == (kind, "fp32")
         assert report["data"]["train_images"] == 50_000 and report["steps"]["done"] == 1
+        assert report["data"]["test_images"] == 256  # a smoke run evaluates a stratified few
         assert f"| {name} |" in result.stdout  # the claims-table row
