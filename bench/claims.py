@@ -3,6 +3,7 @@
     python bench/claims.py run   GROUP [--seeds 0 1 2] [--jobs 2] [--device cpu] [--data-root ../shared/data]
                                  [--eps 10 12] [--betas 0 4 8]      # the points of the 'arms' group
     python bench/claims.py table GROUP [--runs FOLDER ...]  # default: runs/claims, bench/data/runs/*/claims
+    python bench/claims.py cut   GROUP [--runs FOLDER ...]  # runs cut in their final evaluation, judged by their checks
     python bench/claims.py arms  GROUP [--runs FOLDER ...]  # per arm over seeds (the rescue comparison)
     python bench/claims.py curvature map [--runs ...]        # B7: the eigenvalue per check around the onset
     python bench/claims.py heatmap map [--figure SVG]         # the map as a sweep heatmap, and eps*_beta
@@ -41,6 +42,7 @@ from pathlib import Path
 from common import ROOT, merged, train_into
 
 from core.report import judge
+from core.spec import JobSpec
 
 OUT = Path(os.environ.get("CLAIMS_OUT", ROOT / "runs" / "claims"))
 RECORDS = ROOT / "bench" / "data" / "runs"  # committed records of earlier batches: <batch>/claims/<name>
@@ -161,6 +163,11 @@ def runs_of(args: argparse.Namespace) -> list[tuple[str, dict]]:
             or any(fnmatch.fnmatch(name, pattern) for pattern in args.only)]
 
 
+def read_history(folder: Path) -> list[dict]:
+    """The rows of a run's metrics.jsonl."""
+    return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+
+
 def finished(names: list[str], roots: list[Path]) -> Iterator[tuple[str, dict, list[dict]]]:
     """(name, report, metrics rows) of every finished copy of the runs ``names`` under ``roots``, the report's
     verdict re-judged by today's rules from its stored checks. A kept copy of a run (the same report, in the
@@ -172,9 +179,33 @@ def finished(names: list[str], roots: list[Path]) -> Iterator[tuple[str, dict, l
             if (folder / "report.json").exists() and (text := (folder / "report.json").read_text()) not in seen:
                 seen.add(text)
                 report = json.loads(text)
-                history = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+                history = read_history(folder)
                 judge(report, history)
                 yield name, report, history
+
+
+def cut_runs(names: list[str], roots: list[Path]) -> None:
+    """The runs a lease cut during their final evaluation (metrics.jsonl and a spec, no report.json), judged
+    from their stored checks by today's rules; no final accuracies exist. A run counts only if its monitor
+    reached the last epoch. Their monitor set's class counts are not stored outside a report, so the chance
+    level is 1 / 10 (a stratified set's largest share, 52 of 512 here, is within 0.2 points of it)."""
+    print("| run | verdict (training images) | onset step | held-out verdict | held-out onset | last monitor PGD "
+          "|\n|---|---|---|---|---|---|")
+    for name in names:
+        for root in roots:
+            folder = root / name
+            if (folder / "report.json").exists() or not (folder / "metrics.jsonl").exists():
+                continue
+            spec_path = folder / "spec.json" if (folder / "spec.json").exists() else root / f"{name}.spec.json"
+            spec, history = json.loads(spec_path.read_text()), read_history(folder)
+            checks = [row for row in history if row["kind"] == "monitor"]
+            if not checks or checks[-1]["epoch"] < JobSpec.model_validate(spec).training.epochs - 1:
+                continue  # cut before training ended: nothing to judge the whole run by
+            report = {"spec": spec, "co": {"monitor": {}}, "data": {"num_classes": 10}}  # CIFAR-10
+            judge(report, history)
+            co, held = report["co"], report["co"]["held_out"] or {}
+            print(f"| {name} | {co['verdict']} | {co['onset_step'] or '-'} | {held.get('verdict', '-')} "
+                  f"| {held.get('onset_step') or '-'} | {checks[-1]['pgd_accuracy']:.3f} |")
 
 
 def device_of(report: dict) -> str:
@@ -340,15 +371,17 @@ def critical_epsilon(column: list[dict]) -> str:
 def keep(names: list[str], batch: str) -> None:
     """Copy the finished runs of ``names`` under OUT into the committed records, ``RECORDS/<batch>/claims``
     (report.json, metrics.jsonl, spec.json; no checkpoints), and note in the batch's README.md the machine
-    and the last commit of the training code (core/) under which each run was made."""
+    and the training code (the last commit of core/ when the run was last started: its spec file's time)."""
     import shutil
     import subprocess
 
     from common import cpu_model
 
+    def code_at(started: float) -> str:
+        return subprocess.run(["git", "log", "-1", "--format=%h", f"--before=@{int(started)}", "--", "core"],
+                              cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+
     folder = RECORDS / batch / "claims"
-    code = subprocess.run(["git", "log", "-1", "--format=%h", "--", "core"], cwd=ROOT,
-                          capture_output=True, text=True, check=True).stdout.strip()
     notes = []
     for name in names:
         if (OUT / name / "report.json").exists() and not (folder / name / "report.json").exists():
@@ -357,6 +390,7 @@ def keep(names: list[str], batch: str) -> None:
                 shutil.copyfile(OUT / name / source, folder / name / target)
             shutil.copyfile(OUT / f"{name}.spec.json", folder / name / "spec.json")
             environment = json.loads((OUT / name / "report.json").read_text())["environment"]
+            code = code_at((OUT / f"{name}.spec.json").stat().st_mtime)
             notes.append(f"- {name}: training code {code}, {cpu_model()} ({os.cpu_count()} cores), "
                          f"{environment['threads']} thread(s), torch {environment['torch']}\n")
     readme = RECORDS / batch / "README.md"
@@ -378,7 +412,7 @@ def run(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("action", choices=("run", "table", "arms", "curvature", "heatmap", "keep"))
+    parser.add_argument("action", choices=("run", "table", "cut", "arms", "curvature", "heatmap", "keep"))
     parser.add_argument("group", choices=tuple(GROUPS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--eps", type=int, nargs="+", default=[10, 12], help="arms: epsilons, /255")
@@ -398,6 +432,8 @@ def main() -> None:
         run(args)
     elif args.action == "arms":
         arm_summary([name for name, _ in runs_of(args)], [Path(root) for root in args.runs])
+    elif args.action == "cut":
+        cut_runs([name for name, _ in runs_of(args)], [Path(root) for root in args.runs])
     elif args.action == "keep":
         keep([name for name, _ in runs_of(args)], args.batch)
     elif args.action == "heatmap":

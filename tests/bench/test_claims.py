@@ -2,8 +2,13 @@
 (tiny) runs."""
 
 import csv
+import json
+import os
+import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from core.trainer import train
 from tests.conftest import tiny_spec
@@ -87,6 +92,12 @@ def test_keep_copies_the_records_of_finished_runs_without_checkpoints(tmp_path, 
     spec = tiny_spec(training={"epochs": 1})
     train(spec, out / "done-seed0")
     (out / "done-seed0.spec.json").write_text(spec.model_dump_json())
+    history = subprocess.run(["git", "log", "--format=%h %ct", "--", "core"], cwd=claims.ROOT, capture_output=True,
+                             text=True, check=True).stdout.split()  # hash, time, hash, time, ...
+    if len(history) < 4:
+        pytest.skip("a shallow clone: fewer than two commits of core/ to tell apart")
+    started = int(history[3]) + 1  # the run started after the second-newest commit of core/, before the newest
+    os.utime(out / "done-seed0.spec.json", (started, started))
     (out / "running-seed0").mkdir()  # no report yet: not kept
     claims.keep(["done-seed0", "running-seed0"], "batch")
     kept = records / "batch" / "claims"
@@ -96,5 +107,23 @@ def test_keep_copies_the_records_of_finished_runs_without_checkpoints(tmp_path, 
     report = (out / "done-seed0" / "report.json").read_bytes()
     assert (kept / "done-seed0" / "report.json").read_bytes() == report
     readme = (records / "batch" / "README.md").read_text()
+    assert f"- done-seed0: training code {history[2]}," in readme  # the code the run started with, not HEAD's
     claims.keep(["done-seed0"], "batch")  # kept before: not copied or noted again
     assert (records / "batch" / "README.md").read_text() == readme and readme.count("- done-seed0:") == 1
+
+
+def test_cut_judges_runs_whose_training_ended_but_not_runs_cut_mid_training(tmp_path, capsys):
+    spec = tiny_spec(monitor={"every_steps": 1})
+    for name in ("map-beta8-eps12-seed0", "map-beta8-eps12-seed1", "map-beta8-eps12-seed2"):
+        train(spec, tmp_path / name)
+        (tmp_path / name / "spec.json").write_text(spec.model_dump_json())
+    full = (tmp_path / "map-beta8-eps12-seed0" / "report.json")
+    expected = json.loads(full.read_text())["co"]
+    full.unlink()  # seed 0: cut in its final evaluation
+    (tmp_path / "map-beta8-eps12-seed1" / "report.json").unlink()  # seed 1: cut in its first epoch
+    metrics = tmp_path / "map-beta8-eps12-seed1" / "metrics.jsonl"
+    metrics.write_text("".join(line + "\n" for line in metrics.read_text().splitlines()
+                               if json.loads(line)["epoch"] == 0))
+    claims.cut_runs([f"map-beta8-eps12-seed{seed}" for seed in range(3)], [tmp_path])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| map-")]
+    assert len(rows) == 1 and rows[0].startswith(f"| map-beta8-eps12-seed0 | {expected['verdict']} |")
