@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from typing import Any
 
 
@@ -37,6 +38,8 @@ def add_service_commands(commands: Any) -> None:
 
 GRACEFUL_SHUTDOWN_SECONDS = 5.0  # uvicorn's timeout_graceful_shutdown: within docker stop's default 10 s
 WORKER_STOP_SECONDS = 60  # the embedded worker's warm shutdown: its job checkpoints, goes back to the queue
+RESTART_DELAYS = (1.0, 60.0)  # seconds before restarting a dead embedded worker: first, and at most (doubling)
+HEALTHY_WORKER_SECONDS = 60  # a worker that lived this long died of something new: the next restart is prompt
 
 TRAINER_PACKAGES = ("torch", "torchvision", "numpy", "matplotlib")  # the [worker] extra (pyproject.toml)
 
@@ -83,6 +86,9 @@ def run_service_command(args: argparse.Namespace) -> int:
         except ValueError as error:
             sys.stderr.write(f"coscope worker: refusing to start: {error}\n")
             return 2
+        from store.broker import declare_queues
+
+        declare_queues(settings)
         os.execv(sys.executable, worker_command(args.queues, args.name))
     return _serve(args, settings)
 
@@ -126,10 +132,61 @@ def _die_with_parent() -> None:
         pass
 
 
+class EmbeddedWorker(threading.Thread):
+    """The worker ``coscope serve`` runs beside its API (the embedded default), started again whenever it
+    exits while the server runs (killed for memory, or a crash at start-up): without it, jobs would stay
+    queued with no one to run them. A worker that keeps dying is restarted at a calmer pace, up to a minute
+    apart. Replacements are started from this thread, which lives as long as the server: the death signal
+    (``_die_with_parent``) follows the thread that started a process, so it still means "serve died"."""
+
+    def __init__(self) -> None:
+        super().__init__(name="coscope-embedded-worker", daemon=True)
+        self.stopping = threading.Event()
+        self.lock = threading.Lock()  # a restart and ``stop`` never interleave
+        self.process = self._spawn()
+        self.start()
+
+    @staticmethod
+    def _spawn() -> subprocess.Popen:
+        return subprocess.Popen(worker_command("gpu,cpu", "embedded"), start_new_session=True,
+                                preexec_fn=_die_with_parent)
+
+    def run(self) -> None:
+        delay = RESTART_DELAYS[0]
+        while True:
+            started = time.monotonic()
+            code = self.process.wait()
+            if self.stopping.is_set():
+                return
+            lived = time.monotonic() - started
+            if lived >= HEALTHY_WORKER_SECONDS:
+                delay = RESTART_DELAYS[0]
+            sys.stderr.write(f"coscope serve: the embedded worker exited with code {code} after {lived:.0f} s; "
+                             f"starting a new one in {delay:g} s\n")
+            if self.stopping.wait(delay):
+                return
+            with self.lock:
+                if self.stopping.is_set():
+                    return
+                self.process = self._spawn()
+            delay = min(2 * delay, RESTART_DELAYS[1])
+
+    def stop(self) -> None:
+        """The Celery parent alone, as `docker stop` does: a warm shutdown hands its job back to the queue."""
+        with self.lock:
+            self.stopping.set()
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=WORKER_STOP_SECONDS)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+
+
 def _serve(args: argparse.Namespace, settings: Any) -> int:
     import uvicorn
 
     from api.main import create_app
+    from store.broker import declare_queues
 
     host, port = args.host or settings.host, settings.port if args.port is None else args.port
     with_worker = args.worker or (args.worker is None and settings.broker_url is None)  # embedded default
@@ -137,10 +194,8 @@ def _serve(args: argparse.Namespace, settings: Any) -> int:
         return 2
     settings.home.mkdir(parents=True, exist_ok=True)
     key_file = _first_key(settings)
-    worker = None
-    if with_worker:
-        worker = subprocess.Popen(worker_command("gpu,cpu", "embedded"), start_new_session=True,
-                                  preexec_fn=_die_with_parent)
+    declare_queues(settings)  # before the worker starts and the API publishes: neither races to create them
+    worker = EmbeddedWorker() if with_worker else None
     address = f"http://{host}:{port}" if port else f"http://{host}:<the port in uvicorn's line below>"
     sys.stderr.write(
         f"coscope API on {address} (OpenAPI docs: {address}/docs)\n"
@@ -159,12 +214,8 @@ def _serve(args: argparse.Namespace, settings: Any) -> int:
     except KeyboardInterrupt:  # Ctrl+C: uvicorn raises the SIGINT again after its graceful shutdown
         pass
     finally:
-        if worker is not None:  # the Celery parent alone, as `docker stop` does: a warm shutdown
-            worker.send_signal(signal.SIGTERM)
-            try:
-                worker.wait(timeout=WORKER_STOP_SECONDS)
-            except subprocess.TimeoutExpired:
-                os.killpg(worker.pid, signal.SIGKILL)
+        if worker is not None:
+            worker.stop()
     return 0 if server.started else 3  # 3: uvicorn's start-up failure (e.g. the port is taken)
 
 

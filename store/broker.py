@@ -6,6 +6,7 @@ and no task module: the worker names its tasks module in ``include`` (``worker.c
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 from celery import Celery
@@ -16,6 +17,7 @@ TASK_NAME = "coscope.run_job"
 QUEUES = ("gpu", "cpu")
 
 
+DECLARE_TRIES = 5  # declare_queues: a lost race leaves the winner's row, so the second try normally succeeds
 RESTORE_SWEEP_MAX_SECONDS = 10  # how often, at most, each worker looks for unacked messages past the timeout
 
 
@@ -47,3 +49,28 @@ def make_celery(settings: Settings, include: Sequence[str] = ()) -> Celery:
         worker_send_task_events=True, task_send_sent_event=True,
     )
     return app
+
+
+def declare_queues(settings: Settings) -> None:
+    """Create the embedded broker's tables and job queues before a worker consumes or an API publishes.
+
+    kombu's SQLAlchemy transport creates a queue's row on first use, query then insert, under a lock that only
+    its own process holds. Two processes doing that at once (an API publishing its first job while its worker
+    starts) make one of them fail with IntegrityError on the queue name, which Celery's consumer treats as
+    unrecoverable: the worker exits, and jobs stay queued with no one to run them. Here the loser of that
+    race tries again on a fresh connection and finds the winner's row. Redis declares nothing to race on."""
+    if settings.broker_is_redis:
+        return
+    from kombu import Connection
+    from sqlalchemy.exc import IntegrityError, OperationalError
+
+    for attempt in range(1, DECLARE_TRIES + 1):
+        try:
+            with Connection(settings.broker) as connection:
+                for queue in QUEUES:
+                    connection.default_channel.queue_declare(queue)
+            return
+        except (IntegrityError, OperationalError):  # another process's row or tables, or its write lock
+            if attempt == DECLARE_TRIES:
+                raise
+            time.sleep(0.1 * attempt)

@@ -8,7 +8,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from coscope.harness import Stack
+from coscope.harness import Stack, child_pids, wait_until
+from tests.service.conftest import Api, job_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -158,5 +159,24 @@ def test_serve_writes_the_first_admin_key_where_key_file_says_and_not_into_home(
         assert f"first admin API key written to {key_file}" in stack.log("api.log")
         key = key_file.read_text().strip()
         assert httpx.get(f"{stack.url}/v1/me", headers={"Authorization": f"Bearer {key}"}).json()["role"] == "admin"
+    finally:
+        stack.close()
+
+
+def test_serve_starts_a_new_embedded_worker_when_its_worker_dies_and_jobs_still_run(tmp_path):
+    """An embedded worker that dies (here SIGKILL, as the kernel's OOM killer does; in CI once, a crash at
+    start-up) used to leave ``coscope serve`` answering with no one to run its jobs: they stayed queued."""
+    stack = Stack("embedded", tmp_path / "home")
+    stack.home.mkdir()
+    try:
+        server = stack.start_api(worker=None)
+        first = wait_until(lambda: child_pids(server.pid), 60, "the embedded worker to start")[0]
+        os.killpg(first, signal.SIGKILL)  # the Celery parent and its pool child: no warm shutdown
+        log = stack.wait_for_log("api.log", "embedded worker exited with code -9", timeout=30)
+        assert "starting a new one in 1 s" in log
+        api = Api(stack.url, stack.admin_key())
+        job = api.wait_finished(api.submit(job_spec(epochs=1))["id"])
+        assert (job["status"], job["attempt"]) == ("succeeded", 1), (job, stack.log("api.log"))
+        assert child_pids(server.pid) != [first]  # a replacement ran it
     finally:
         stack.close()
