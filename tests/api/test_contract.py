@@ -106,6 +106,12 @@ def generated_client(tmp_path_factory: pytest.TempPathFactory):
         sys.path.remove(str(folder))
 
 
+def _without_polls(stack) -> str:
+    """The server's log (its embedded worker's too) without the access lines of the status polls."""
+    lines = stack.log_since("api.log").splitlines()
+    return "\n".join(line for line in lines if '"GET /v1/jobs/' not in line)[-8000:]
+
+
 def test_a_generated_client_submits_and_reads_a_job(generated_client, embedded_server):
     stack, key = embedded_server
     client_module = importlib.import_module("coscope_generated.client")
@@ -125,7 +131,7 @@ def test_a_generated_client_submits_and_reads_a_job(generated_client, embedded_s
     deadline = time.monotonic() + 180 * SLOWNESS
     finished = ("succeeded", "failed", "cancelled")
     while (current := read_job.sync(job.id, client=client)).status not in finished:
-        assert time.monotonic() < deadline, current
+        assert time.monotonic() < deadline, f"{current}\n--- server and worker log ---\n{_without_polls(stack)}"
         time.sleep(0.5)
     assert current.status == "succeeded" and current.final.robust_accuracy is not None
     listed = read_jobs.sync(client=client, tag="contract")
