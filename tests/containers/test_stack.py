@@ -19,7 +19,7 @@ from coscope.harness import wait_until
 from tests.containers.conftest import DATA_MARKER, Built, Stack
 from tests.service.conftest import Api, job_spec
 
-pytestmark = pytest.mark.containers
+pytestmark = [pytest.mark.containers, pytest.mark.timeout(3600)]  # the first test builds the images
 
 FINISHED = ("succeeded", "failed", "cancelled")
 SVG = "{http://www.w3.org/2000/svg}"
