@@ -134,6 +134,23 @@ def build_model(arch: str, width: int, num_classes: int, *, in_channels: int, im
     return nn.Sequential(*layers, net)
 
 
+# oneDNN, which runs torch's CPU convolutions, computes the weight gradient of a strided 1x1 convolution in
+# channels_last wrongly when it has fewer input channels than its kernel's channel block (8 with AVX2, 16 with
+# AVX-512): it writes past a workspace, then hangs, crashes or returns wrong gradients (oneDNN issue 6035). Seen
+# here: PreActResNet18 width 4 hung in its first epochs on a 2-thread AVX2 CPU. NCHW takes another kernel.
+ONEDNN_SAFE_1X1_CHANNELS = 16
+
+
+def memory_format_for(model: nn.Module, device: torch.device, channels_last: bool) -> torch.memory_format:
+    """channels_last where asked, except on the CPU for a network with a strided 1x1 convolution of fewer than
+    ``ONEDNN_SAFE_1X1_CHANNELS`` input channels (PreActResNet18 below width 16): NCHW there."""
+    if not channels_last:
+        return torch.contiguous_format
+    affected = any(isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.stride != (1, 1)
+                   and m.in_channels < ONEDNN_SAFE_1X1_CHANNELS for m in model.modules())
+    return torch.contiguous_format if device.type == "cpu" and affected else torch.channels_last
+
+
 def build_model_for(spec: JobSpec, data: Dataset) -> nn.Module:
     """The spec's network for ``data``: its normalisation statistics, the spectral filter of a low/high-pass
     intervention, then the architecture (on the CPU; move it)."""

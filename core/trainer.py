@@ -39,7 +39,7 @@ from core.evaluate import (
     pgd_correct,
 )
 from core.interventions import carrier_basis, carriers, inject, inject_orthogonal
-from core.models import build_model_for
+from core.models import build_model_for, memory_format_for
 from core.monitor import Monitor
 from core.report import onset_fields, write_run_summary
 from core.schedule import lr_and_momentum
@@ -236,7 +236,7 @@ class _Run:
         self.transform = input_transform(spec, self.data, device)
         torch.manual_seed(spec.seed)
         model = build_model_for(spec, self.data).to(device)
-        self.memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
+        self.memory_format = memory_format_for(model, device, t.channels_last)
         self.model = model.to(memory_format=self.memory_format)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.0, momentum=t.momentum,
                                          weight_decay=t.weight_decay)
@@ -488,7 +488,8 @@ class _Run:
                 self._load_best()
                 co["best_checkpoint"]["final"] = self._off_the_training_heap(self._evaluate)
         report = build_report(self.spec, final, self.data, self.device, self.state,
-                              eval_seconds=self._clock() - started)
+                              eval_seconds=self._clock() - started,
+                              channels_last=self.memory_format == torch.channels_last)
         report["co"] = co
         report["steps"] = {"done": self.state.step, "planned": self.total_steps}  # done < planned: max_steps
         write_run_summary(self.out, report, self.state.history)
@@ -549,7 +550,7 @@ def co_section(spec: JobSpec, state: TrainState, monitor: Monitor) -> dict[str, 
 
 
 def build_report(spec: JobSpec, final: dict[str, Any], data: Dataset, device: torch.device, state: TrainState,
-                 eval_seconds: float) -> dict[str, Any]:
+                 eval_seconds: float, channels_last: bool) -> dict[str, Any]:
     return {
         "spec": spec.model_dump(mode="json"),
         "final": final,
@@ -559,6 +560,7 @@ def build_report(spec: JobSpec, final: dict[str, Any], data: Dataset, device: to
                    "eval_seconds": eval_seconds},
         "environment": {"torch": torch.__version__, "device": str(device), "python": platform.python_version(),
                         "threads": torch.get_num_threads(),
+                        "channels_last": channels_last,  # training.channels_last, unless memory_format_for said no
                         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
                         else platform.processor() or platform.machine()},
         "data": {"train_images": len(data.train), "test_images": len(data.test), "num_classes": data.num_classes,

@@ -1,4 +1,5 @@
-"""The PreActResNet18 block against its formula: the paper's projection shortcut reads the block input."""
+"""The PreActResNet18 block against its formula: the paper's projection shortcut reads the block input; the
+activation layout the trainer picks."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from core.models import PreActBlock, build_model
+from core.models import PreActBlock, build_model, memory_format_for
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -54,3 +55,18 @@ def test_arch_names_pick_the_block():
     paper, he = build_model("preact_resnet18", 4, 10, **args), build_model("preact_resnet18_he", 4, 10, **args)
     assert paper[-1].layers[2].project_from == "input" and he[-1].layers[2].project_from == "preact"
     assert paper.state_dict().keys() == he.state_dict().keys()  # same parameters, another wiring
+
+
+ARGS = {"in_channels": 3, "image_size": (16, 16), "mean": (0.5,) * 3, "std": (0.25,) * 3}
+CPU, CUDA = torch.device("cpu"), torch.device("cuda")  # a device object only: nothing runs on it
+
+
+def test_channels_last_is_refused_on_the_cpu_only_for_narrow_strided_1x1_convolutions():
+    narrow, wide = build_model("preact_resnet18", 8, 10, **ARGS), build_model("preact_resnet18", 16, 10, **ARGS)
+    small_cnn = build_model("small_cnn", 4, 10, in_channels=1, image_size=(28, 28), mean=(0.5,), std=(0.25,))
+    assert memory_format_for(narrow, CPU, True) == torch.contiguous_format  # its 1x1 shortcut reads 8 channels
+    assert memory_format_for(wide, CPU, True) == torch.channels_last  # 16 and more: the kernel is right
+    assert memory_format_for(narrow, CUDA, True) == torch.channels_last  # cuDNN has no such bug
+    assert memory_format_for(small_cnn, CPU, True) == torch.channels_last  # no 1x1 convolution at all
+    assert memory_format_for(wide, CPU, False) == torch.contiguous_format  # asked for NCHW
+

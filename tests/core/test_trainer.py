@@ -28,6 +28,7 @@ def test_train_writes_the_run_folder(tmp_path, spec):
     assert 0.0 <= stored["final"]["robust_accuracy"] <= stored["final"]["clean_accuracy"] + 1e-9
     assert set(stored["timing"]) == {"train_seconds", "train_images_per_second", "monitor_seconds", "eval_seconds"}
     assert stored["environment"]["torch"] == torch.__version__
+    assert stored["environment"]["channels_last"] is False  # width 4 on the CPU: NCHW (memory_format_for)
     rows = _rows(tmp_path)
     assert [r["step"] for r in rows if r["kind"] == "train"] == [1, 2, 3, 4, 5, 6]  # 96/32 = 3 steps x 2 epochs
     assert [r["epoch"] for r in rows if r["kind"] == "epoch"] == [0, 1]
