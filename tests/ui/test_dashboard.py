@@ -41,9 +41,21 @@ def text_of(driver, css: str) -> str:
     return driver.find_element(By.CSS_SELECTOR, css).text
 
 
+def listed(driver, css: str, attribute: str) -> list[tuple[str | None, str]]:
+    """(attribute, text) of every element matching ``css``, read in one script: the page re-renders its lists on
+    every event, so element handles read one by one can go stale between the reads."""
+    script = ("return Array.from(document.querySelectorAll(arguments[0]),"
+              " (e) => [e.getAttribute(arguments[1]), (e.innerText ?? e.textContent).trim()]);")  # SVG: textContent
+    return [tuple(pair) for pair in driver.execute_script(script, css, attribute)]
+
+
+def cells_of(driver, row_css: str) -> list[str]:
+    """The texts of a table row's cells, read in one script (the job list re-renders while a job runs)."""
+    return [text for _, text in listed(driver, f"{row_css} > td", "class")]
+
+
 def listed_ids(driver) -> list[str]:
-    rows = driver.find_elements(By.CSS_SELECTOR, "#jobs tbody tr")
-    return [row.get_attribute("data-job-id") for row in rows]
+    return [job_id for job_id, _ in listed(driver, "#jobs tbody tr", "data-job-id")]
 
 
 def points(driver) -> int:
@@ -99,17 +111,15 @@ def test_job_list_shows_a_finished_and_a_running_job_with_their_verdicts(page, s
     try:
         running_row = f"tr[data-job-id='{running['id']}'][data-status=running]"
         wait(page, lambda d: d.find_elements(By.CSS_SELECTOR, running_row))
-        done = page.find_element(By.CSS_SELECTOR, f"tr[data-job-id='{finished_job['id']}']")
-        cells = done.find_elements(By.TAG_NAME, "td")
-        assert cells[0].text == XSS and cells[1].text == "succeeded"
+        cells = cells_of(page, f"tr[data-job-id='{finished_job['id']}']")
+        assert cells[0] == XSS and cells[1] == "succeeded"
         verdict = {"co": f"CO at step {(finished_job['co'] or {}).get('onset_step')}",
                    "never_robust": "never robust", "no_co": "no CO"}[finished_job["co"]["verdict"]]
-        assert cells[3].text == verdict
+        assert cells[3] == verdict
         final = finished_job["final"]
-        assert (cells[4].text, cells[5].text) == (f"{100 * final['clean_accuracy']:.1f} %",
-                                                  f"{100 * final['robust_accuracy']:.1f} %")
-        row = page.find_element(By.CSS_SELECTOR, f"tr[data-job-id='{running['id']}']")
-        assert row.find_elements(By.TAG_NAME, "td")[3].text == "pending"
+        assert (cells[4], cells[5]) == (f"{100 * final['clean_accuracy']:.1f} %",
+                                        f"{100 * final['robust_accuracy']:.1f} %")
+        assert cells_of(page, f"tr[data-job-id='{running['id']}']")[3] == "pending"
         assert not page.find_element(By.CSS_SELECTOR, "th.admin-only").is_displayed()  # members: one team
         Select(page.find_element(By.ID, "filter-status")).select_by_visible_text("succeeded")
         page.find_element(By.ID, "filter-tag").send_keys("ui", Keys.ENTER)
@@ -151,27 +161,25 @@ def test_a_rescued_jobs_page_shows_each_rescue_while_it_runs_and_after(page, sta
     spec["monitor"].update(HAIR_TRIGGER_RESCUE)
     job = api.submit(spec, name="ui-rescue", tags=["ui"])
     sign_in(page, stack.url, member_key, then=f"/ui/jobs/{job['id']}")
-    listed = "[data-testid=rescues] li"
-    wait(page, lambda d: d.find_elements(By.CSS_SELECTOR, listed), timeout=240 * SLOWNESS)
+    rescue_items = "[data-testid=rescues] li"
+    wait(page, lambda d: listed(d, rescue_items, "data-step"), timeout=240 * SLOWNESS)
     progress = api.job(job["id"])["progress"]
     assert progress["step"] < progress["total_steps"], progress  # shown while it trains
     final = api.wait_finished(job["id"], timeout=240 * SLOWNESS)
     rescues = final["co"]["rescue"]["rescues"]
     wait(page, lambda d: text_of(d, "#job-status") == "succeeded", timeout=60 * SLOWNESS)
-    items = page.find_elements(By.CSS_SELECTOR, listed)
-    assert [int(item.get_attribute("data-step")) for item in items] == [r["at_step"] for r in rescues]
-    first = rescues[0]
-    assert items[0].text.startswith(f"Rescue 1 at step {first['at_step']} (onset at step {first['onset_step']}")
-    assert f"weights of step {first['weights_from_step']}" in items[0].text and "N-FGSM" in items[0].text
-    curves = page.find_element(By.CSS_SELECTOR, "[data-testid=curves]")
-    assert len(curves.find_elements(By.CSS_SELECTOR, "line.rescue")) == 4 * len(rescues)  # every panel
-    assert len(curves.find_elements(By.CSS_SELECTOR, "line.onset")) == 4
+    steps = [r["at_step"] for r in rescues]
+    wait(page, lambda d: [int(step) for step, _ in listed(d, rescue_items, "data-step")] == steps)
+    first, first_words = rescues[0], listed(page, rescue_items, "data-step")[0][1]
+    assert first_words.startswith(f"Rescue 1 at step {first['at_step']} (onset at step {first['onset_step']}")
+    assert f"weights of step {first['weights_from_step']}" in first_words and "N-FGSM" in first_words
+    wait(page, lambda d: len(listed(d, "[data-testid=curves] line.rescue", "class")) == 4 * len(rescues))  # every panel
+    assert len(listed(page, "[data-testid=curves] line.onset", "class")) == 4
     assert final["co"]["verdict"] == "co" and "was rescued" in text_of(page, "[data-testid=verdict]")
     page.get(f"{stack.url}/ui/jobs")
     row = f"tr[data-job-id='{job['id']}']"
     wait(page, lambda d: d.find_elements(By.CSS_SELECTOR, row))
-    badge = page.find_element(By.CSS_SELECTOR, row).find_elements(By.TAG_NAME, "td")[3]
-    assert badge.text == f"CO at step {final['co']['onset_step']}, rescued"
+    assert cells_of(page, row)[3] == f"CO at step {final['co']['onset_step']}, rescued"
 
 
 def test_cancel_a_waiting_job_from_its_page(page, stack, api, member_key):
