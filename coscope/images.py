@@ -87,7 +87,7 @@ def podman(*args: str, check: bool = True, timeout: float = 600) -> subprocess.C
 
 
 def base_images() -> None:
-    """The Debian base, redis and PostgreSQL images, built when podman lacks them (about 5 minutes once)."""
+    """The Debian base, redis and PostgreSQL images, built at once where podman lacks them (about 80 s)."""
     names = {"COSCOPE_BASE_IMAGE": BASE_IMAGE, "COSCOPE_TEST_REDIS_IMAGE": REDIS_IMAGE,
              "COSCOPE_TEST_POSTGRES_IMAGE": POSTGRES_IMAGE}
     subprocess.run(["bash", str(ROOT / "scripts" / "container_images.sh")], check=True, timeout=1800,

@@ -17,12 +17,21 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
 # image NAME PACKAGES [mmdebstrap options...] -- [podman import --change options...]
+# Started in the background: the three builds wait mostly on the mirror and dpkg, so they overlap well.
+pids=()
 image() {
   local name=$1 packages=$2
   shift 2
   if [[ ${FORCE:-0} != 1 ]] && podman image exists "$name"; then
     return
   fi
+  build_image "$name" "$packages" "$@" &
+  pids+=($!)
+}
+
+build_image() {
+  local name=$1 packages=$2 tar="$work/${1//[^a-zA-Z0-9]/_}.tar"
+  shift 2
   local strap=() change=()
   while [[ $# -gt 0 && $1 != -- ]]; do strap+=("$1"); shift; done
   [[ $# -gt 0 ]] && shift
@@ -32,9 +41,9 @@ image() {
   mmdebstrap --quiet --variant=apt --include="$packages" \
     --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*' \
     --customize-hook='rm -rf "$1"/var/lib/apt/lists/*' \
-    "${strap[@]}" bookworm "$work/root.tar" "deb $MIRROR bookworm main"
-  podman import --quiet "${change[@]}" "$work/root.tar" "$name" >/dev/null
-  rm -f "$work/root.tar"
+    "${strap[@]}" bookworm "$tar" "deb $MIRROR bookworm main"
+  podman import --quiet "${change[@]}" "$tar" "$name" >/dev/null
+  rm -f "$tar"
 }
 
 # tzdata: python:3.11-slim has it, and kombu (Celery) needs a time zone database
@@ -59,3 +68,5 @@ image "$POSTGRES_IMAGE" postgresql-15,postgresql-client-15 \
   -- 'ENTRYPOINT ["/usr/local/bin/docker-entrypoint"]' \
      'ENV PATH=/usr/lib/postgresql/15/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
      'ENV PGDATA=/var/lib/postgresql/data' 'EXPOSE 5432' 'STOPSIGNAL SIGINT'
+
+for pid in "${pids[@]}"; do wait "$pid"; done  # set -e: the first build that failed fails the script
